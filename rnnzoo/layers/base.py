@@ -1,0 +1,186 @@
+"""The layer API every rnnzoo model follows.
+
+A layer maps ``x`` of shape ``(batch, time, d_model)`` to ``y`` of the same
+shape and carries a recurrent state between calls::
+
+    y, state = layer(x)                  # parallel form over the whole sequence
+    y2, state = layer(x2, state)         # continue where it stopped
+    y_t, state = layer.step(x_t, state)  # one token, O(1) memory
+
+Any split of a sequence (whole, in pieces, token by token) gives the same
+outputs and final state. ``mode`` selects the algorithm: ``"recurrent"`` (the
+reference loop), the layer's parallel form (``"scan"`` for engine 2), or
+``"auto"`` (the fastest correct one). Subclasses implement ``_forward`` and
+``init_state``; the checks of inputs and states live here, once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import linear_scan, linear_scan_reference
+
+__all__ = ["RecurrentState", "DiagonalState", "SequenceLayer", "state_dtype", "diagonal_recurrence"]
+
+
+class RecurrentState:
+    """Base for the dataclasses that hold a layer's recurrent state (fields are tensors)."""
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def detach(self):
+        """The same state cut from the autograd graph (truncated backpropagation through time)."""
+        return dataclasses.replace(self, **{k: v.detach() for k, v in self.tensors().items()})
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.tensors().values())).shape[0]
+
+
+@dataclasses.dataclass
+class DiagonalState(RecurrentState):
+    """State of a diagonal linear recurrence: ``h`` of shape ``(batch, *state)``."""
+
+    h: Tensor
+
+
+def diagonal_recurrence(a: Tensor, b: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
+    """Engine 2 by mode: the chunked scan (``"scan"``) or the reference loop (``"recurrent"``)."""
+    return (linear_scan if mode == "scan" else linear_scan_reference)(a, b, h0)
+
+
+def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:
+    """Dtype a recurrent state is kept in: float32 for half-precision inputs, else the input's."""
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    if complex_state:
+        return torch.complex128 if dtype == torch.float64 else torch.complex64
+    return dtype
+
+
+class SequenceLayer(nn.Module):
+    """Base class: argument checks, mode selection and ``step`` for every layer.
+
+    Subclasses set ``parallel_modes`` (the parallel algorithms they offer; the
+    first is what ``"auto"`` picks) and implement ``_forward(x, state, mode)``
+    and ``init_state``.
+    """
+
+    parallel_modes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, d_model: int, mode: str = "auto") -> None:
+        super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"{type(self).__name__}: `d_model` must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+        self.mode = self._check_mode(mode)
+
+    # -- what subclasses provide ------------------------------------------------
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> RecurrentState:
+        raise NotImplementedError
+
+    def _forward(self, x: Tensor, state: RecurrentState | None, mode: str) -> tuple[Tensor, RecurrentState]:
+        raise NotImplementedError
+
+    # -- public API ---------------------------------------------------------------
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Every valid value of ``mode``."""
+        return ("auto", "recurrent", *self.parallel_modes)
+
+    def forward(
+        self, x: Tensor, state: RecurrentState | None = None, *, mode: str | None = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """Run the layer over a sequence ``x`` of shape ``(batch, time, d_model)``.
+
+        Returns ``(y, state)``: ``y`` of the same shape, ``state`` the final
+        recurrent state, which continues the sequence when passed back in.
+        """
+        self._check_input(x, "x", ("batch", "time", "d_model"))
+        self._check_state(state, x.shape[0])
+        return self._forward(x, state, self._resolve_mode(mode))
+
+    def step(self, x_t: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
+        """Advance one token: ``x_t`` of shape ``(batch, d_model)`` -> ``(y_t, state)``."""
+        self._check_input(x_t, "x_t", ("batch", "d_model"))
+        self._check_state(state, x_t.shape[0])
+        y, state = self._forward(x_t.unsqueeze(1), state, "recurrent")
+        return y.squeeze(1), state
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, mode={self.mode!r}"
+
+    # -- helpers for subclasses ---------------------------------------------------
+
+    def _param_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _state_kwargs(self, device, dtype) -> dict:
+        """Resolve ``init_state``'s device and dtype defaults from the parameters."""
+        param = next(self.parameters())
+        return {
+            "device": param.device if device is None else device,
+            "dtype": param.dtype if dtype is None else dtype,
+        }
+
+    # -- checks -----------------------------------------------------------------
+
+    def _check_mode(self, mode: str) -> str:
+        if mode not in self.modes:
+            raise ValueError(f"{type(self).__name__}: `mode` must be one of {self.modes}, got {mode!r}")
+        return mode
+
+    def _resolve_mode(self, mode: str | None) -> str:
+        mode = self.mode if mode is None else self._check_mode(mode)
+        if mode == "auto":
+            return self.parallel_modes[0] if self.parallel_modes else "recurrent"
+        return mode
+
+    def _check_input(self, x: Tensor, name: str, dims: tuple[str, ...]) -> None:
+        where = type(self).__name__
+        shape = "(" + ", ".join(f"d_model={self.d_model}" if d == "d_model" else d for d in dims) + ")"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{where}: `{name}` must be a torch.Tensor of shape {shape}, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{where}: `{name}` must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() != len(dims):
+            raise ValueError(f"{where}: `{name}` must have shape {shape}, got {x.dim()} dims {tuple(x.shape)}")
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"{where}: last dim of `{name}` must be d_model={self.d_model}, got shape {tuple(x.shape)}")
+        for size, dim in zip(x.shape, dims):
+            if size == 0:
+                raise ValueError(f"{where}: `{name}` has an empty {dim} dimension, shape {tuple(x.shape)}")
+        param_dtype = self._param_dtype()
+        if x.dtype != param_dtype:
+            raise TypeError(
+                f"{where}: `{name}` has dtype {x.dtype} but the layer's parameters are {param_dtype}; "
+                f"cast one to match (e.g. layer.to({x.dtype}))"
+            )
+
+    def _check_state(self, state: RecurrentState | None, batch_size: int) -> None:
+        if state is None:
+            return
+        where = type(self).__name__
+        expected = self.init_state(batch_size, device="meta", dtype=self._param_dtype())
+        if type(state) is not type(expected):
+            raise TypeError(
+                f"{where}: `state` must be a {type(expected).__name__} (from this layer's init_state, "
+                f"forward or step), got {type(state).__name__}"
+            )
+        for name, want in expected.tensors().items():
+            got = getattr(state, name)
+            if not isinstance(got, Tensor) or got.shape != want.shape:
+                got_shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+                raise ValueError(
+                    f"{where}: `state.{name}` must have shape {tuple(want.shape)} "
+                    f"(batch={batch_size}), got {got_shape}; was the state made for another batch size or layer?"
+                )

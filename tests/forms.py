@@ -1,0 +1,79 @@
+"""Run a layer in every form (parallel modes, recurrent, split through state, step) and compare.
+
+Used by the per-engine layer tests: each form must give the same outputs, final
+state and gradients (of the input and of every parameter).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _loss_weights(y: Tensor, state, seed: int = 123):
+    gen = torch.Generator().manual_seed(seed)
+    w_y = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y.device, y.dtype)
+    w_s = {
+        k: torch.randn(v.shape, generator=gen, dtype=torch.float64).to(v.device, v.real.dtype)
+        for k, v in state.tensors().items()
+    }
+    return w_y, w_s
+
+
+def _loss(y, state, weights):
+    w_y, w_s = weights
+    total = (y * w_y).sum()
+    for k, v in state.tensors().items():
+        if v.is_complex():
+            total = total + (v.real * w_s[k]).sum() + (v.imag * w_s[k]).sum()
+        else:
+            total = total + (v * w_s[k]).sum()
+    return total
+
+
+def run_form(layer, x: Tensor, form: str, split: int | None = None):
+    """Outputs, final state, and gradients of a fixed random loss, for one form.
+
+    ``form`` is a mode name, ``"split"`` (parallel over ``x[:, :split]`` then
+    ``x[:, split:]`` through the state) or ``"step"`` (token by token).
+    """
+    x = x.detach().clone().requires_grad_(True)
+    layer.zero_grad(set_to_none=True)
+    if form == "step":
+        state, ys = None, []
+        for x_t in x.unbind(1):
+            y_t, state = layer.step(x_t, state)
+            ys.append(y_t)
+        y = torch.stack(ys, 1)
+    elif form == "split":
+        y1, state = layer(x[:, :split])
+        y2, state = layer(x[:, split:], state)
+        y = torch.cat([y1, y2], 1)
+    else:
+        y, state = layer(x, mode=form)
+    weights = _loss_weights(y, state)
+    _loss(y, state, weights).backward()
+    grads = {"x": x.grad.clone()}
+    grads.update({n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None})
+    return y.detach(), {k: v.detach() for k, v in state.tensors().items()}, grads
+
+
+def assert_forms_agree(layer, x: Tensor, forms, rtol=1e-6, atol=1e-8, split: int | None = None):
+    """Every form in ``forms`` matches the first one (outputs, state, gradients)."""
+    split = (x.shape[1] + 1) // 2 if split is None else split
+    ref_name = forms[0]
+    ref = run_form(layer, x, ref_name, split)
+    for form in forms[1:]:
+        if form == "split" and x.shape[1] < 2:
+            continue
+        got = run_form(layer, x, form, split)
+        torch.testing.assert_close(got[0], ref[0], rtol=rtol, atol=atol, msg=lambda m: f"{form} vs {ref_name} y: {m}")
+        for k in ref[1]:
+            torch.testing.assert_close(
+                got[1][k], ref[1][k], rtol=rtol, atol=atol, msg=lambda m: f"{form} vs {ref_name} state.{k}: {m}"
+            )
+        assert set(got[2]) == set(ref[2]), f"{form}: gradients for {set(got[2]) ^ set(ref[2])} missing"
+        for k in ref[2]:
+            torch.testing.assert_close(
+                got[2][k], ref[2][k], rtol=rtol, atol=atol, msg=lambda m: f"{form} vs {ref_name} grad {k}: {m}"
+            )

@@ -1,0 +1,157 @@
+"""Every registered layer: its forms agree, and bad input gets a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnzoo
+from forms import assert_forms_agree
+
+MODELS = [m.name for m in rnnzoo.list_models()]
+NEGATIVE = [m.name for m in rnnzoo.list_models() if m.negative_eigenvalues]
+D_MODEL = 8
+
+
+def make(name: str, dtype=torch.float64, device="cpu", **kw):
+    torch.manual_seed(0)
+    return rnnzoo.create(name, d_model=D_MODEL, **kw).to(device=device, dtype=dtype)
+
+
+def forms_of(layer):
+    return ["recurrent", *layer.parallel_modes, "split", "step"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("batch,length", [(1, 1), (2, 2), (3, 13), (1, 67), (2, 257)])
+def test_forms_agree(name, batch, length, device):
+    layer = make(name, device=device)
+    x = torch.randn(batch, length, D_MODEL, dtype=torch.float64, device=device)
+    assert_forms_agree(layer, x, forms_of(layer))
+
+
+@pytest.mark.parametrize("name", NEGATIVE)
+def test_forms_agree_negative_eigenvalues(name, device):
+    layer = make(name, device=device, negative_eigenvalues=True)
+    x = torch.randn(2, 131, D_MODEL, dtype=torch.float64, device=device)
+    assert_forms_agree(layer, x, forms_of(layer))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_split_anywhere(name):
+    layer = make(name)
+    x = torch.randn(2, 70, D_MODEL, dtype=torch.float64)
+    for split in (1, 33, 69):
+        assert_forms_agree(layer, x, ["auto", "split"], split=split)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_float32_matches_float64(name):
+    layer64 = make(name)
+    layer32 = make(name, dtype=torch.float32)
+    x = torch.randn(2, 300, D_MODEL, dtype=torch.float64)
+    y64, _ = layer64(x)
+    y32, _ = layer32(x.float())
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bfloat16_runs_with_float32_state(name):
+    layer = make(name, dtype=torch.bfloat16)
+    x = torch.randn(2, 100, D_MODEL, dtype=torch.bfloat16)
+    y, state = layer(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    for v in state.tensors().values():
+        assert v.dtype in (torch.float32, torch.complex64)
+    y.float().sum().backward()
+    y_t, _ = layer.step(x[:, 0], state)
+    assert y_t.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_long_sequence_finite(name):
+    layer = make(name, dtype=torch.float32)
+    x = 10 * torch.randn(1, 16384, D_MODEL)
+    y, state = layer(x)
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(v).all() for v in state.tensors().values())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_init_state_is_a_valid_start(name):
+    layer = make(name)
+    x = torch.randn(3, 20, D_MODEL, dtype=torch.float64)
+    y_none, s_none = layer(x)
+    y_zero, s_zero = layer(x, layer.init_state(3))
+    torch.testing.assert_close(y_zero, y_none)
+    detached = s_zero.detach()
+    assert all(not v.requires_grad for v in detached.tensors().values())
+
+
+# -- bad input ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_input_errors(name):
+    layer = make(name, dtype=torch.float32)
+    good = torch.randn(2, 5, D_MODEL)
+    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, time, d_model=8\)"):
+        layer(torch.randn(5, D_MODEL))
+    with pytest.raises(ValueError, match="last dim of `x` must be d_model=8"):
+        layer(torch.randn(2, 5, D_MODEL + 1))
+    with pytest.raises(TypeError, match="floating-point"):
+        layer(torch.ones(2, 5, D_MODEL, dtype=torch.long))
+    with pytest.raises(ValueError, match="empty time dimension"):
+        layer(torch.randn(2, 0, D_MODEL))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        layer([[0.0] * D_MODEL])
+    with pytest.raises(TypeError, match="dtype torch.float64 but the layer's parameters are torch.float32"):
+        layer(good.double())
+    _, state = layer(good)
+    with pytest.raises(ValueError, match=r"`state\.\w+` must have shape .*batch=3"):
+        layer(torch.randn(3, 5, D_MODEL), state)
+    with pytest.raises(TypeError, match="`state` must be a"):
+        layer(good, {"h": torch.zeros(2, D_MODEL)})
+    with pytest.raises(ValueError, match=r"`x_t` must have shape \(batch, d_model=8\)"):
+        layer.step(good)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        layer(good, mode="fastest")
+
+
+def test_state_from_another_model_is_rejected():
+    mamba_like, gru = make(MODELS[0]), make(MODELS[-1])
+    _, state = mamba_like(torch.randn(2, 4, D_MODEL, dtype=torch.float64))
+    if type(state) is type(gru.init_state(2)) and all(
+        v.shape == w.shape for v, w in zip(state.tensors().values(), gru.init_state(2).tensors().values())
+    ):
+        pytest.skip("the two models' states are interchangeable")
+    with pytest.raises((TypeError, ValueError), match="state"):
+        gru(torch.randn(2, 4, D_MODEL, dtype=torch.float64), state)
+
+
+# -- registry -------------------------------------------------------------------
+
+
+def test_registry_lists_models_with_metadata():
+    infos = rnnzoo.list_models()
+    assert [i.name for i in infos] == sorted(i.name for i in infos)
+    for info in infos:
+        assert info.family and info.engine and info.paper
+        assert isinstance(info.negative_eigenvalues, bool)
+        assert rnnzoo.model_info(info.name) is info
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'nope'.*mingru"):
+        rnnzoo.create("nope", d_model=8)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_constructor_arguments(name):
+    with pytest.raises(ValueError, match="`d_model` must be a positive int"):
+        rnnzoo.create(name, d_model=0)
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        rnnzoo.create(name, d_model=8, mode="bogus")
+    if name not in NEGATIVE:
+        with pytest.raises(TypeError, match="negative_eigenvalues"):
+            rnnzoo.create(name, d_model=8, negative_eigenvalues=True)
