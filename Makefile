@@ -1,21 +1,18 @@
-# `make bench` runs the main job, `make test` the tests; both set up .venv first.
+# `make speed` runs the main job, `make test` the tests; both set up .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup bench speed test clean
+.PHONY: setup speed test clean
 
 $(BIN)/rnnzoo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	# torch first, and only if none is installed: 2.13.0 is a local CPU build on these machines
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
 	touch $@
 
 setup: $(BIN)/rnnzoo
-
-bench: speed
 
 speed: setup
 	$(BIN)/rnnzoo speed --quick

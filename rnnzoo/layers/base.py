@@ -22,6 +22,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..ops import linear_scan, linear_scan_reference
 
 __all__ = ["RecurrentState", "DiagonalState", "SequenceLayer", "state_dtype", "diagonal_recurrence"]
@@ -75,9 +76,7 @@ class SequenceLayer(nn.Module):
 
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"{type(self).__name__}: `d_model` must be a positive int, got {d_model!r}")
-        self.d_model = d_model
+        self.d_model = check_int(type(self).__name__, "d_model", d_model)
         self.mode = self._check_mode(mode)
 
     # -- what subclasses provide ------------------------------------------------

@@ -39,6 +39,8 @@ import math
 import torch
 from torch import Tensor
 
+from .._checks import check_int
+
 __all__ = ["linear_scan", "linear_scan_reference", "default_chunk_size"]
 
 
@@ -138,11 +140,11 @@ def _loop_forward(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor) -> None:
         prev = o_t
 
 
-def _scan_forward(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+def _scan_forward(a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> Tensor:
     """All states of ``h_t = a_t h_{t-1} + b_t``; a and b ``(B, T, *S)`` of one dtype."""
     length = b.shape[1]
     out = torch.empty(b.shape, dtype=b.dtype, device=b.device)
-    chunk = default_chunk_size(length)
+    chunk = chunk_size or default_chunk_size(length)
     if length < 4 * chunk:
         _loop_forward(a, b, h0, out)
         return out
@@ -158,7 +160,7 @@ def _scan_forward(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         s = torch.addcmul(b_t, a_t, s)
         p = p * a_t
     # (2) chunk-level recurrence H_j = p_j H_{j-1} + s_j, solved by the same scan
-    ends = _scan_forward(p, s, h0)
+    ends = _scan_forward(p, s, h0, chunk_size)
     first = torch.zeros_like(ends[:, :1]) if h0 is None else h0.unsqueeze(1)
     starts = torch.cat([first, ends[:, :-1]], dim=1)
     # (3) every chunk again from its true initial state, writing the outputs
@@ -183,11 +185,11 @@ def _loop_backward(a: Tensor, g: Tensor, g_next: Tensor | None, out: Tensor) -> 
         torch.addcmul(g_t[t], a_t[t + 1], o_t[t + 1], out=o_t[t])
 
 
-def _scan_backward(a: Tensor, g: Tensor, g_next: Tensor | None) -> Tensor:
+def _scan_backward(a: Tensor, g: Tensor, g_next: Tensor | None, chunk_size: int | None) -> Tensor:
     """Solve the adjoint recurrence ``r_t = g_t + a_{t+1} r_{t+1}`` (``a_T r_T := g_next``)."""
     length = g.shape[1]
     out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
-    chunk = default_chunk_size(length)
+    chunk = chunk_size or default_chunk_size(length)
     if length < 4 * chunk:
         _loop_backward(a, g, g_next, out)
         return out
@@ -211,7 +213,7 @@ def _scan_backward(a: Tensor, g: Tensor, g_next: Tensor | None) -> Tensor:
     # (2) chunk-level adjoint: R_j = s_j + (p_j a_{j+1,0}) R_{j+1}, R_{N-1} gets p g_next
     coeff = torch.zeros_like(p)
     torch.mul(p[:, :-1], a4[:, 1:, 0], out=coeff[:, 1:])
-    starts = _scan_backward(coeff, s, None if g_next is None else p[:, -1] * g_next)
+    starts = _scan_backward(coeff, s, None if g_next is None else p[:, -1] * g_next, chunk_size)
     # gradient arriving at each chunk's last step from the chunk after it
     last = torch.zeros_like(p[:, :1]) if g_next is None else g_next.unsqueeze(1)
     incoming = torch.cat([a4[:, 1:, 0] * starts[:, 1:], last], dim=1)
@@ -226,9 +228,10 @@ class _LinearScan(torch.autograd.Function):
     """Chunked scan with the reverse-scan backward (inputs already checked and cast)."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
-        h = _scan_forward(a, b, h0)
+        ctx.chunk_size = chunk_size
+        h = _scan_forward(a, b, h0, chunk_size)
         ctx.save_for_backward(a, h, h0)
         return h, h[:, -1].clone()
 
@@ -238,10 +241,10 @@ class _LinearScan(torch.autograd.Function):
         a, h, h0 = ctx.saved_tensors
         if grad_h is None:
             if grad_last is None:
-                return None, None, None
+                return None, None, None, None
             grad_h = torch.zeros_like(h)
         a_adj = a.conj() if a.is_complex() else a
-        r = _scan_backward(a_adj, grad_h, grad_last)
+        r = _scan_backward(a_adj, grad_h, grad_last, ctx.chunk_size)
         grad_a = grad_h0 = None
         if ctx.needs_input_grad[0]:
             h_prev = h.conj() if h.is_complex() else h
@@ -253,22 +256,27 @@ class _LinearScan(torch.autograd.Function):
                 torch.mul(r[:, 0], h0.conj() if h0.is_complex() else h0, out=grad_a[:, 0])
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = a_adj[:, 0] * r[:, 0]
-        return grad_a, r, grad_h0
+        return grad_a, r, grad_h0, None
 
 
-def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def linear_scan(
+    a: Tensor, b: Tensor, h0: Tensor | None = None, *, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Parallel (chunked) scan for ``h_t = a_t ⊙ h_{t-1} + b_t``, with exact gradients.
 
     Same contract as :func:`linear_scan_reference`: ``b`` is
     ``(batch, time, *state)``, ``a`` broadcasts to it (real, negative or
     complex), ``h0`` is ``(batch, *state)`` or ``None`` for zeros. Half
     precision is computed in float32; the states come back in the input's
-    precision and the final state in float32.
+    precision and the final state in float32. ``chunk_size`` overrides
+    :func:`default_chunk_size` at every level of the recursion (>= 2).
 
     Returns:
         ``(h, h_last)`` with ``h`` of ``b``'s shape and ``h_last = h[:, -1]``.
     """
+    if chunk_size is not None:
+        check_int("linear_scan", "chunk_size", chunk_size, minimum=2)
     out_dtype = b.dtype
     a, b, h0 = _check_inputs(a, b, h0)
-    h, h_last = _LinearScan.apply(a, b, h0)
+    h, h_last = _LinearScan.apply(a, b, h0, chunk_size)
     return h.to(_result_dtype(out_dtype, h.dtype)), h_last

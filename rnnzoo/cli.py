@@ -1,0 +1,147 @@
+"""The ``rnnzoo`` command: ``rnnzoo list`` (the registry) and ``rnnzoo speed`` (timings).
+
+    rnnzoo list
+    rnnzoo speed --quick
+    rnnzoo speed --model mingru --model nn.GRU --batch 8 --length 512 --d-model 256
+
+Subcommands are argparse subparsers, each with a ``func(args) -> exit code``. Bad arguments (unknown
+model, mode or dtype) exit with code 2 and a message naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from .bench import speed
+from .registry import list_models
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["build_parser", "main"]
+
+
+def _console() -> Console:
+    """A rich console; 160 columns wide when not writing to a terminal (rich's default, 80, squeezes tables)."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160
+    return console
+
+
+def _list(args: argparse.Namespace) -> int:
+    """Print the registry as a table."""
+    from rich.table import Table
+
+    table = Table(title="rnnzoo models")
+    for name in ("name", "family", "engine", "paper", "negative_eigenvalues"):
+        table.add_column(name)
+    for m in list_models():
+        table.add_row(m.name, m.family, m.engine, m.paper, "yes" if m.negative_eigenvalues else "no")
+    _console().print(table)
+    return 0
+
+
+def _speed(args: argparse.Namespace) -> int:
+    """Time the chosen targets (or the --quick suite), print the table, write the JSON."""
+    if args.quick and (args.model or args.mode):
+        args.error("--quick runs a preset suite; drop --model/--mode")
+    if not args.quick and not args.model:
+        args.error(f"choose targets with --model NAME (valid names: {', '.join(speed.target_names())}) or use --quick")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        args.error(f"bad --device {args.device!r}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        args.error("--device cuda: CUDA is not available")
+    try:
+        shape = (args.batch, args.length, args.d_model)
+        specs = speed.quick_specs() if args.quick else speed.make_specs(args.model, shape, args.dtype, args.mode)
+    except ValueError as e:
+        args.error(str(e))
+
+    head = speed.header(args.threads, device, ["rnnzoo", *args.argv])
+    console = _console()
+    with console.status("timing") as status:
+        records = speed.run(
+            specs,
+            threads=args.threads,
+            device=device,
+            repeats=args.repeats,
+            budget_s=args.budget,
+            forward_only=args.forward_only,
+            on_spec=lambda s: status.update(f"timing {s.target} {s.mode} at ({s.batch}, {s.length}, {s.d_model})"),
+        )
+    speed.report(records, console, head)
+    speed.write_json(args.json, records, head)
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(prog="rnnzoo", description="Recurrent sequence models behind one API.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ls = commands.add_parser("list", help="print the model registry", description="Print the model registry.")
+    ls.set_defaults(func=_list)
+
+    sp = commands.add_parser(
+        "speed",
+        help="time forward and forward+backward of layers, the engine and baselines",
+        description=(
+            "Time forward-only and forward+backward of registered layers (each mode), the engine "
+            f"'{speed.ENGINE}' (modes scan, recurrent) and the baselines {', '.join(speed.BASELINES)}, "
+            "compare rows side by side, print a table and write JSON."
+        ),
+    )
+    sp.add_argument("--model", action="append", metavar="NAME", help="a target (repeatable): layer, engine or baseline")
+    sp.add_argument("--mode", action="append", metavar="M", help="a mode (repeatable); default: every mode")
+    sp.add_argument("--batch", type=_positive_int, default=8, help="B (default 8)")
+    sp.add_argument("--length", type=_positive_int, default=1024, help="T (default 1024)")
+    sp.add_argument("--d-model", type=_positive_int, default=64, help="d (default 64)")
+    sp.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
+    sp.add_argument("--dtype", choices=list(speed.DTYPES), default="float32", help="default float32")
+    sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    sp.add_argument("--repeats", type=_positive_int, default=3, help="minimum timed calls per row (default 3)")
+    sp.add_argument(
+        "--budget", type=float, default=0.3, help="minimum seconds of timed calls per row, fast rows repeat more"
+    )
+    sp.add_argument("--forward-only", action="store_true", help="skip forward+backward")
+    sp.add_argument("--json", default="speed.json", metavar="PATH", help="output file (default speed.json)")
+    sp.add_argument(
+        "--quick",
+        action="store_true",
+        help=(
+            "preset suite in float32: the issue's bars (engine scan, reference loop and cumsum at (8, 4096, 256) "
+            "and (1, 65536, 64); mingru and nn.GRU at (8, 512, 256)) and every registered layer at "
+            f"{speed.QUICK_LAYER_SHAPE} in each mode; ignores --batch/--length/--d-model/--dtype"
+        ),
+    )
+    sp.set_defaults(func=_speed, error=sp.error)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rnnzoo`` console script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""HGRN: a gated linear RNN whose forget gate has a lower bound that rises with depth.
+
+Qin, Yang, Zhong (2023), "Hierarchically Gated Recurrent Neural Network for
+Sequence Modeling" (NeurIPS).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import register
+from .base import DiagonalState, SequenceLayer, diagonal_recurrence, state_dtype
+
+__all__ = ["HGRN"]
+
+
+@register(
+    "hgrn",
+    family="gated linear RNN",
+    engine="linear_scan",
+    paper="Qin et al. 2023, Hierarchically Gated Recurrent Neural Network for Sequence Modeling",
+    negative_eigenvalues=True,
+)
+class HGRN(SequenceLayer):
+    """HGRN token mixer:
+
+    ``f_t = γ + (1 - γ) σ(W_f x_t)``, ``c_t = SiLU(W_c x_t)``,
+    ``h_t = f_t ⊙ h_{t-1} + (1 - f_t) ⊙ c_t``,
+    ``y_t = W_o (RMSNorm(h_t) ⊙ SiLU(W_g x_t))``.
+
+    ``lower_bound`` is γ: a float or a ``(d_hidden,)`` tensor in [0, 1). In a
+    stack, the paper makes it learned and increasing with depth (a cumulative
+    softmax over layers), so upper layers keep long-range memory; a model
+    around this layer passes each layer its bound.
+
+    Follows the real-valued formulation of the flash-linear-attention
+    implementation: the paper's complex phase on h_t is omitted, and the
+    output gate is a SiLU gate on an RMS-normalised state.
+    With ``negative_eigenvalues=True`` the transition becomes ``2 f_t - 1``
+    (the input weight stays ``1 - f_t``).
+
+    State: ``DiagonalState(h)``, ``h`` of shape ``(batch, d_hidden)``.
+    """
+
+    parallel_modes = ("scan",)
+
+    def __init__(
+        self,
+        d_model: int,
+        expansion: float = 1.0,
+        lower_bound: float | Tensor = 0.0,
+        negative_eigenvalues: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        super().__init__(d_model, mode)
+        if expansion <= 0:
+            raise ValueError(f"HGRN: `expansion` must be > 0, got {expansion}")
+        self.d_hidden = max(1, round(expansion * d_model))
+        bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype())
+        if bound.dim() > 1 or (bound.dim() == 1 and bound.shape[0] != self.d_hidden):
+            raise ValueError(f"HGRN: `lower_bound` must be a float or a ({self.d_hidden},) tensor, got {tuple(bound.shape)}")
+        if not ((bound >= 0) & (bound < 1)).all():
+            raise ValueError("HGRN: `lower_bound` must lie in [0, 1)")
+        self.register_buffer("lower_bound", bound.expand(self.d_hidden).clone())
+        self.negative_eigenvalues = negative_eigenvalues
+        self.in_proj = nn.Linear(d_model, 3 * self.d_hidden, bias=False)  # c, f, g
+        self.norm = nn.RMSNorm(self.d_hidden, eps=1e-5)
+        self.out_proj = nn.Linear(self.d_hidden, d_model, bias=False)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> DiagonalState:
+        kw = self._state_kwargs(device, dtype)
+        return DiagonalState(torch.zeros(batch_size, self.d_hidden, device=kw["device"], dtype=state_dtype(kw["dtype"])))
+
+    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
+        c, f, g = self.in_proj(x).split(self.d_hidden, dim=-1)
+        f = self.lower_bound + (1 - self.lower_bound) * torch.sigmoid(f)
+        a = 2 * f - 1 if self.negative_eigenvalues else f
+        h, h_last = diagonal_recurrence(a, (1 - f) * F.silu(c), None if state is None else state.h, mode)
+        y = self.norm(h) * F.silu(g)
+        return self.out_proj(y), DiagonalState(h_last)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, d_hidden={self.d_hidden}, negative_eigenvalues={self.negative_eigenvalues}"
