@@ -23,9 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import linear_scan, linear_scan_reference
+from ..ops import gated_linear_attention, gated_linear_attention_reference, linear_scan, linear_scan_reference
 
-__all__ = ["RecurrentState", "DiagonalState", "SequenceLayer", "state_dtype", "diagonal_recurrence"]
+__all__ = [
+    "RecurrentState", "DiagonalState", "MatrixState", "SequenceLayer", "state_dtype", "diagonal_recurrence",
+    "matrix_recurrence",
+]  # fmt: skip
 
 
 class RecurrentState:
@@ -53,6 +56,31 @@ class DiagonalState(RecurrentState):
 def diagonal_recurrence(a: Tensor, b: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
     """Engine 2 by mode: the chunked scan (``"scan"``) or the reference loop (``"recurrent"``)."""
     return (linear_scan if mode == "scan" else linear_scan_reference)(a, b, h0)
+
+
+@dataclasses.dataclass
+class MatrixState(RecurrentState):
+    """State of a gated linear attention layer: ``S`` of shape ``(batch, heads, d_k, d_v)``."""
+
+    S: Tensor
+
+
+def matrix_recurrence(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_alpha: Tensor | None,
+    S0: Tensor | None,
+    mode: str,
+    alpha_sign: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Engine 3 by mode: the chunkwise form (``"chunk"``) or the reference loop (``"recurrent"``).
+
+    ``q, k`` ``(B, H, T, d_k)``, ``v`` ``(B, H, T, d_v)``, ``log_alpha`` ``(B, H, T)`` or
+    ``(B, H, T, d_k)`` or ``None``; see :mod:`rnnzoo.ops.gated_linear_attention`.
+    """
+    fn = gated_linear_attention if mode == "chunk" else gated_linear_attention_reference
+    return fn(q, k, v, log_alpha, S0, alpha_sign=alpha_sign)
 
 
 def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:
@@ -114,6 +142,20 @@ class SequenceLayer(nn.Module):
         self._check_state(state, x_t.shape[0])
         y, state = self._forward(x_t.unsqueeze(1), state, "recurrent")
         return y.squeeze(1), state
+
+    def materialize(self, x: Tensor) -> Tensor:
+        """The layer's implicit T×T operator for input ``x`` ``(batch, time, d_model)``.
+
+        Returns ``M`` ``(batch, groups, T, T)``, lower-triangular, such that the
+        mixer's output (see :meth:`mixer_io`) equals ``M @ V`` from a zero state;
+        ``groups`` are the layer's heads or channels (documented per layer).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not materialise its operator")
+
+    def mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(V, Y)`` for input ``x``: the values the operator mixes ``(batch, groups, T, d_v)`` and the
+        mixer's output ``(batch, groups, T, d_v)`` computed by the parallel form, so ``materialize(x) @ V == Y``."""
+        raise NotImplementedError(f"{type(self).__name__} does not materialise its operator")
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, mode={self.mode!r}"
