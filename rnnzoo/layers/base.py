@@ -27,7 +27,7 @@ from ..ops import gated_linear_attention, gated_linear_attention_reference, line
 
 __all__ = [
     "RecurrentState", "DiagonalState", "MatrixState", "SequenceLayer", "state_dtype", "diagonal_recurrence",
-    "matrix_recurrence",
+    "matrix_recurrence", "widen_log_decay",
 ]  # fmt: skip
 
 
@@ -81,6 +81,17 @@ def matrix_recurrence(
     """
     fn = gated_linear_attention if mode == "chunk" else gated_linear_attention_reference
     return fn(q, k, v, log_alpha, S0, alpha_sign=alpha_sign)
+
+
+def widen_log_decay(log_alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """Negative eigenvalues for a decay given in log space: ``α ∈ (0, 1] -> 2α - 1 ∈ (-1, 1]``.
+
+    Returns ``(log|2α - 1|, 2α - 1 < 0)``, the form engine 3 takes (``log_alpha``,
+    ``alpha_sign``). The magnitude is floored at the dtype's smallest normal
+    number, so ``α = 1/2`` gives a finite log and a zero (not NaN) gradient.
+    """
+    widened = 2 * torch.exp(log_alpha) - 1
+    return torch.log(widened.abs().clamp_min(torch.finfo(widened.dtype).tiny)), widened < 0
 
 
 def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:
