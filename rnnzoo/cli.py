@@ -1,8 +1,11 @@
-"""The ``rnnzoo`` command: ``rnnzoo list`` (the registry) and ``rnnzoo speed`` (timings).
+"""The ``rnnzoo`` command: ``rnnzoo list`` (the registry), ``rnnzoo speed`` (timings) and ``rnnzoo inspect``
+(a layer's implicit T×T operator as heatmaps).
 
     rnnzoo list
     rnnzoo speed --quick
     rnnzoo speed --model mingru --model nn.GRU --batch 8 --length 512 --d-model 256
+    rnnzoo speed --step --model gla --batch 1 --length 65536 --d-model 64
+    rnnzoo inspect mamba --length 64 --kw d_state=8 --log
 
 Subcommands are argparse subparsers, each with a ``func(args) -> exit code``. Bad arguments (unknown
 model, mode or dtype) exit with code 2 and a message naming the valid choices.
@@ -12,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .bench import speed
-from .registry import list_models
+from .bench import inspect, speed
+from .registry import list_models, model_info
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -49,9 +53,11 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace) -> int:
-    """Time the chosen targets (or the --quick suite), print the table, write the JSON."""
-    if args.quick and (args.model or args.mode):
-        args.error("--quick runs a preset suite; drop --model/--mode")
+    """Time the chosen targets (or the --quick suite, or --step rows), print the tables, write the JSON."""
+    if args.quick and (args.model or args.mode or args.step):
+        args.error("--quick runs a preset suite; drop --model/--mode/--step")
+    if args.step and (args.mode or args.forward_only):
+        args.error("--step times layer.step (no modes, forward only); drop --mode/--forward-only")
     if not args.quick and not args.model:
         args.error(f"choose targets with --model NAME (valid names: {', '.join(speed.target_names())}) or use --quick")
     try:
@@ -62,7 +68,12 @@ def _speed(args: argparse.Namespace) -> int:
         args.error("--device cuda: CUDA is not available")
     try:
         shape = (args.batch, args.length, args.d_model)
-        specs = speed.quick_specs() if args.quick else speed.make_specs(args.model, shape, args.dtype, args.mode)
+        if args.quick:
+            specs = speed.quick_specs()
+        elif args.step:
+            specs = speed.step_specs(args.model, shape, args.dtype)
+        else:
+            specs = speed.make_specs(args.model, shape, args.dtype, args.mode)
     except ValueError as e:
         args.error(str(e))
 
@@ -84,6 +95,32 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    """Materialise the layer's operator for a random input and plot some of its groups."""
+    try:
+        kwargs = inspect.parse_kwargs(args.kw)
+        info = model_info(args.model)
+    except ValueError as e:
+        args.error(str(e))
+    if not inspect.materializes(info.cls):
+        valid = ", ".join(m.name for m in list_models() if inspect.materializes(m.cls))
+        args.error(f"{args.model} does not materialise its operator (no `materialize`); models that do: {valid}")
+    try:
+        layer = inspect.build_layer(args.model, args.d_model, kwargs, args.checkpoint, args.seed)
+    except (TypeError, ValueError, RuntimeError, OSError) as e:
+        args.error(f"cannot build {args.model} with d_model={args.d_model}, {kwargs or 'default settings'}: {e}")
+    M = inspect.operator(layer, inspect.random_input(layer, args.length, args.seed))
+    groups = args.group or list(range(min(4, M.shape[0])))
+    if not all(0 <= g < M.shape[0] for g in groups):
+        args.error(f"--group must lie in [0, {M.shape[0]}): {args.model} has {M.shape[0]} groups")
+    source = f"checkpoint {Path(args.checkpoint).name}" if args.checkpoint else f"random init (seed {args.seed})"
+    title = f"{args.model}: implicit operator M, T={args.length}, d_model={args.d_model}, {source}"
+    out = args.out or f"operator_{args.model}.png"
+    inspect.plot_operator(M, groups, out, title, log=args.log)
+    print(f"wrote {out}: M of {args.model} is {M.shape[0]} groups × {args.length} × {args.length}, showing {groups}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -101,17 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = commands.add_parser(
         "speed",
-        help="time forward and forward+backward of layers, the engine and baselines",
+        help="time forward and forward+backward of layers, the engines and baselines",
         description=(
-            "Time forward-only and forward+backward of registered layers (each mode), the engine "
-            f"'{speed.ENGINE}' (modes scan, recurrent) and the baselines {', '.join(speed.BASELINES)}, "
-            "compare rows side by side, print a table and write JSON."
+            "Time forward-only and forward+backward of registered layers (each mode), the engines "
+            f"'{speed.ENGINE}' (modes scan, recurrent) and '{speed.GLA}' (modes chunk, recurrent; "
+            f"{speed.GLA_HEADS} heads of d / {speed.GLA_HEADS}) and the baselines {', '.join(speed.BASELINES)}, "
+            "or (--step) layers' step after a context; compare rows side by side, print tables and write JSON."
         ),
     )
     sp.add_argument("--model", action="append", metavar="NAME", help="a target (repeatable): layer, engine or baseline")
     sp.add_argument("--mode", action="append", metavar="M", help="a mode (repeatable); default: every mode")
     sp.add_argument("--batch", type=_positive_int, default=8, help="B (default 8)")
-    sp.add_argument("--length", type=_positive_int, default=1024, help="T (default 1024)")
+    sp.add_argument("--length", type=_positive_int, default=1024, help="T, the context with --step (default 1024)")
     sp.add_argument("--d-model", type=_positive_int, default=64, help="d (default 64)")
     sp.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
     sp.add_argument("--dtype", choices=list(speed.DTYPES), default="float32", help="default float32")
@@ -121,17 +159,51 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=float, default=0.3, help="minimum seconds of timed calls per row, fast rows repeat more"
     )
     sp.add_argument("--forward-only", action="store_true", help="skip forward+backward")
+    sp.add_argument(
+        "--step",
+        action="store_true",
+        help="time the --model layers' step, one token at a time, after a context of --length tokens (no_grad)",
+    )
     sp.add_argument("--json", default="speed.json", metavar="PATH", help="output file (default speed.json)")
     sp.add_argument(
         "--quick",
         action="store_true",
         help=(
             "preset suite in float32: the issue's bars (engine scan, reference loop and cumsum at (8, 4096, 256) "
-            "and (1, 65536, 64); mingru and nn.GRU at (8, 512, 256)) and every registered layer at "
-            f"{speed.QUICK_LAYER_SHAPE} in each mode; ignores --batch/--length/--d-model/--dtype"
+            "and (1, 65536, 64); mingru and nn.GRU at (8, 512, 256); gated_linear_attention chunk and reference "
+            "loop at (4, 2048, 256) and a 2048² matmul) and every registered layer at "
+            f"{speed.QUICK_LAYER_SHAPE} in each mode, then the step of every layer on engine 3 after "
+            f"{' and '.join(map(str, speed.STEP_CONTEXTS))} tokens (batch 1, d 64); "
+            "ignores --batch/--length/--d-model/--dtype"
         ),
     )
     sp.set_defaults(func=_speed, error=sp.error)
+
+    ins = commands.add_parser(
+        "inspect",
+        help="plot a layer's implicit T×T operator M as heatmaps",
+        description=(
+            "Materialise the lower-triangular operator M (mixer output = M @ V, per head or channel) of a "
+            "randomly initialised or saved layer for one random N(0, 1) input sequence, and plot chosen groups "
+            "as heatmaps in a PNG."
+        ),
+    )
+    ins.add_argument("model", metavar="MODEL", help="a registered model (see `rnnzoo list`)")
+    ins.add_argument("--length", type=_positive_int, default=64, help="T (default 64)")
+    ins.add_argument("--d-model", type=_positive_int, default=64, help="d (default 64)")
+    ins.add_argument(
+        "--group", type=int, action="append", metavar="G", help="a head or channel to plot (repeatable; default: 0-3)"
+    )
+    ins.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the input (default 0)")
+    ins.add_argument(
+        "--checkpoint", metavar="PATH", help="the layer's state_dict: a torch.save file or a .safetensors file"
+    )
+    ins.add_argument(
+        "--kw", action="append", default=[], metavar="KEY=VALUE", help="model keyword (repeatable), a Python literal"
+    )
+    ins.add_argument("--log", action="store_true", help="plot log10 |M| instead of M")
+    ins.add_argument("--out", metavar="PATH", help="output PNG (default operator_MODEL.png)")
+    ins.set_defaults(func=_inspect, error=ins.error)
     return parser
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from rnnzoo import list_models
 from rnnzoo.bench import speed
 from rnnzoo.cli import main
+from rnnzoo.ops.gated_linear_attention import chunk_flops
 
 TINY = ["--batch", "2", "--length", "80", "--d-model", "8", "--threads", "1", "--repeats", "1", "--budget", "0"]
 
@@ -58,13 +61,63 @@ def test_forward_only_and_mode_selection(tmp_path):
     assert gru["ratio_fwd"] == pytest.approx(gru["fwd_ms"] / mingru["fwd_ms"])
 
 
+def test_gla_engine_and_matmul_report_gflops(tmp_path):
+    data = _speed(tmp_path, "--model", "gated_linear_attention", "--model", "matmul")
+    records = {(r["target"], r["mode"]): r for r in data["records"]}
+    gla = "gated_linear_attention"
+    assert list(records) == [(gla, "chunk"), (gla, "recurrent"), ("matmul", "torch")]
+    chunk, loop, matmul = records.values()
+    # (B, T, d) = (2, 80, 8): 4 heads of d_k = d_v = 2; fwd+bwd is 3x the chunk forward's FLOPs
+    assert chunk["gflops"] == pytest.approx(3 * chunk_flops(2, 4, 80, 2, 2) / chunk["fwd_bwd_ms"] / 1e6)
+    assert matmul["fwd_bwd_ms"] is None and matmul["gflops"] == pytest.approx(2 * 160 * 8 * 8 / matmul["fwd_ms"] / 1e6)
+    assert (chunk["vs_target"], chunk["vs_shape"]) == ("matmul", [2, 80, 8])
+    assert chunk["ratio_gflops"] == pytest.approx(chunk["gflops"] / matmul["gflops"])
+    assert chunk["ratio_fwd"] is chunk["ratio_fwd_bwd"] is None  # different work: rates compared, not times
+    assert loop["gflops"] is None and (loop["vs_target"], loop["vs_mode"]) == ("gated_linear_attention", "chunk")
+    assert loop["ratio_fwd_bwd"] == pytest.approx(loop["fwd_bwd_ms"] / chunk["fwd_bwd_ms"])
+
+
+def test_step_rows_time_tokens_and_keep_state_bytes():
+    names = ["gla", "mingru"]  # a matrix state (engine 3) and a vector one (engine 2)
+    specs = [s for length in (16, 40) for s in speed.step_specs(names, (2, length, 8))]
+    records = {(r.target, r.length): r for r in speed.run(specs, threads=1, repeats=3, budget_s=0)}
+    for name in names:
+        short, long = records[name, 16], records[name, 40]
+        for r in (short, long):
+            assert r.mode == "step" and r.fwd_ms > 0 and r.fwd_min_ms > 0 and r.fwd_repeats >= 3
+            assert r.fwd_bwd_ms is None
+            assert r.state_bytes == r.state_bytes_after_steps == short.state_bytes > 0
+        assert short.vs_target is None
+        assert (long.vs_target, long.vs_mode, long.vs_shape) == (name, "step", (2, 16, 8))
+        assert long.ratio_fwd == pytest.approx(long.fwd_ms / short.fwd_ms) and long.bar is None
+
+
+def test_time_fns_interleaves_functions():
+    calls: list[str] = []
+    fns = [lambda: calls.append("a"), lambda: calls.append("b")]
+    timings = speed.time_fns(fns, repeats=3, budget_s=0, warmup=1, device=torch.device("cpu"))
+    assert calls == ["a", "b"] * 4 and [n for *_, n in timings] == [3, 3]  # one warmup round, then 3 rounds
+
+
+def test_step_flag_writes_step_rows(tmp_path, capsys):
+    data = _speed(tmp_path, "--step", "--model", "mingru")
+    (r,) = data["records"]
+    assert (r["target"], r["mode"], r["length"], r["batch"], r["d_model"]) == ("mingru", "step", 80, 2, 8)
+    assert r["fwd_ms"] > 0 and r["state_bytes"] == r["state_bytes_after_steps"] == 2 * 8 * 4  # h (2, 8) float32
+    assert "layer.step" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "args, names",
     [
-        (["--model", "no_such_model"], ["mingru", "linear_scan", "cumsum", "nn.GRU"]),
+        (["--model", "no_such_model"], ["mingru", "linear_scan", "gated_linear_attention", "nn.GRU", "matmul"]),
         (["--model", "mingru", "--mode", "no_such_mode"], ["recurrent", "scan"]),
         (["--model", "mingru", "--dtype", "int8"], ["float32", "bfloat16"]),
         ([], ["mingru", "--quick"]),
+        (["--model", "gated_linear_attention", "--d-model", "10"], ["multiple of 4"]),
+        (["--step", "--model", "linear_scan"], ["mingru", "gla"]),
+        (["--step", "--quick"], ["--quick", "--step"]),
+        (["--step", "--model", "mingru", "--mode", "scan"], ["--step", "--mode"]),
     ],
 )
 def test_bad_arguments_exit_2_listing_valid_names(tmp_path, capsys, args, names):
@@ -79,13 +132,21 @@ def test_bad_arguments_exit_2_listing_valid_names(tmp_path, capsys, args, names)
 def test_quick_suite_covers_bars_and_every_layer():
     specs = speed.quick_specs()
     assert len(specs) == len(set(specs))
+    gla_layers = [m.name for m in list_models() if m.engine == speed.GLA]
+    assert gla_layers  # retnet, gla, linear_attention, mamba2, hgrn2
     for bar in speed.BARS:
-        shaped = {(s.target, s.mode) for s in specs if (s.batch, s.length, s.d_model) == bar.shape}
-        assert {(bar.target, bar.mode), (bar.vs_target, bar.vs_mode)} <= shaped
-        if bar.target == speed.ENGINE:
-            assert (speed.ENGINE, "recurrent") in shaped  # the reference loop beside the scan
-        compared = speed.comparison(speed.Spec(bar.target, bar.mode, *bar.shape), specs)
-        assert (compared.target, compared.mode) == (bar.vs_target, bar.vs_mode)
+        targets = gla_layers if bar.target == speed.ANY else [bar.target]
+        for target in targets:
+            vs_target = target if bar.vs_target == speed.ANY else bar.vs_target
+            row = speed.Spec(target, bar.mode, *bar.shape)
+            assert row in specs and speed.Spec(vs_target, bar.vs_mode, *(bar.vs_shape or bar.shape)) in specs
+            if target in (speed.ENGINE, speed.GLA):  # the reference loop beside the parallel form
+                assert speed.Spec(target, "recurrent", *bar.shape) in specs
+            compared = speed.comparison(row, specs)
+            vs_shape = bar.vs_shape or bar.shape
+            assert compared == speed.Spec(vs_target, bar.vs_mode, *vs_shape)
+    assert any(b.rate and b.shape == (4, 2048, 256) and b.vs_shape == (1, 2048, 2048) for b in speed.BARS)
+    assert any(b.mode == "step" and {b.shape[1], b.vs_shape[1]} == {1024, 65536} for b in speed.BARS)
     for info in list_models():
         shape = speed.QUICK_LAYER_SHAPE
         modes = {s.mode for s in specs if s.target == info.name and (s.batch, s.length, s.d_model) == shape}
@@ -107,6 +168,26 @@ def test_bar_marks_pass_and_fail(scan_ms, passed):
     shape = (8, 4096, 256)
     scan, _ = speed.compare([_record("linear_scan", "scan", shape, scan_ms), _record("cumsum", "torch", shape, 20.0)])
     assert (scan.ratio_fwd_bwd, scan.bar, scan.bar_pass) == (pytest.approx(scan_ms / 20.0), "<= 2", passed)
+
+
+@pytest.mark.parametrize("chunk_gflops, passed", [(50.0, True), (30.0, False)])
+def test_gla_rate_bar(chunk_gflops, passed):
+    chunk = dataclasses.replace(_record("gated_linear_attention", "chunk", (4, 2048, 256), 100.0), gflops=chunk_gflops)
+    matmul = dataclasses.replace(_record("matmul", "torch", (1, 2048, 2048), None), gflops=100.0)
+    chunk, _ = speed.compare([chunk, matmul])
+    assert (chunk.ratio_gflops, chunk.bar, chunk.bar_pass) == (pytest.approx(chunk_gflops / 100), ">= 0.4", passed)
+
+
+@pytest.mark.parametrize(
+    "long_ms, long_bytes, passed", [(1.05, 4096, True), (0.95, 4096, True), (1.2, 4096, False), (1.0, 8192, False)]
+)
+def test_step_bar(long_ms, long_bytes, passed):
+    def step(length: int, ms: float, after: int) -> speed.Record:
+        record = _record("gla", "step", (1, length, 64), None)
+        return dataclasses.replace(record, fwd_ms=ms, state_bytes=4096, state_bytes_after_steps=after)
+
+    _, long = speed.compare([step(1024, 1.0, 4096), step(65536, long_ms, long_bytes)])
+    assert (long.ratio_fwd, long.bar, long.bar_pass) == (pytest.approx(long_ms), "1 ± 0.1", passed)
 
 
 @pytest.mark.parametrize(

@@ -1,17 +1,30 @@
-"""``rnnzoo speed``: time forward and forward+backward of layers, the engine and PyTorch baselines.
+"""``rnnzoo speed``: time forward and forward+backward of layers, the engines and PyTorch baselines.
 
-Targets, each in one or more modes:
+Targets, each in one or more modes, at a shape ``(B, T, d)``:
 
 * every registered layer by name: its parallel forms (e.g. ``scan``) and ``recurrent`` (the reference loop);
 * ``linear_scan``: engine 2 on a real gated recurrence (``a = sigmoid(logits)``, ``b`` random, both leaves
   requiring grad), in its parallel form ``scan`` and its reference loop ``recurrent``;
-* baselines, mode ``torch``: ``cumsum`` (``torch.cumsum`` along time over ``(B, T, d)``), and ``nn.GRU`` /
-  ``nn.LSTM`` (batch_first, hidden size ``d``).
+* ``gated_linear_attention``: engine 3 on GLA's workload, ``H = 4`` heads of ``d_k = d_v = d / 4``: q, k, v
+  ``(B, H, T, d / 4)`` random, per-key ``log_alpha = logsigmoid(randn) / 16`` (GLA's gate), all leaves requiring
+  grad; in its chunkwise form ``chunk`` and its reference loop ``recurrent``;
+* baselines, mode ``torch``: ``cumsum`` (``torch.cumsum`` along time over ``(B, T, d)``), ``nn.GRU`` /
+  ``nn.LSTM`` (batch_first, hidden size ``d``) and ``matmul`` (``x @ w``, ``x`` ``(B·T, d)``, ``w`` ``(d, d)``,
+  timed forward only: at ``(1, 2048, 2048)`` a 2048² matmul, whose rate is the machine's).
 
 Forward-only runs under ``torch.no_grad()``; forward+backward calls ``y.backward(g)`` with a fixed random ``g``.
-Each row is compared with one other row of the same shape and dtype timed in the same run (:func:`comparison`):
-a ``recurrent`` row with its target's parallel form (the speed-up), ``linear_scan scan`` with ``cumsum``, and
-``nn.GRU`` / ``nn.LSTM`` with the first layer's parallel form. ``ratio = time of the row / time of the vs row``.
+Where a FLOP count applies (``gated_linear_attention chunk``: :func:`~rnnzoo.ops.gated_linear_attention.chunk_flops`,
+three times that forward+backward; ``matmul``: ``2 B T d²``) a row reports its achieved GFLOP/s.
+
+Step rows (mode ``step``, :func:`step_specs`) time a layer's ``step`` after a context of ``T`` tokens: the
+parallel forward builds the state, then single-token steps feed it back (median ms per token); they report the
+state's bytes after the context and after the timed steps.
+
+Each row is compared with one other row timed in the same run (:func:`comparison`): a ``recurrent`` row with its
+target's parallel form at the same shape (the speed-up), ``linear_scan scan`` with ``cumsum`` at the same shape,
+``nn.GRU`` / ``nn.LSTM`` with the first layer's parallel form at the same shape, ``gated_linear_attention chunk``
+with ``matmul`` (any shape: ratio of GFLOP/s), and a step row with the same layer's step row at the shortest
+shorter context. ``ratio = time of the row / time of the vs row`` (GFLOP/s over GFLOP/s against ``matmul``).
 :data:`BARS` are the issue's required ratios; a row matching one gets a pass/fail mark.
 
 >>> from rnnzoo.bench import speed
@@ -21,6 +34,7 @@ a ``recurrent`` row with its target's parallel form (the speed-up), ``linear_sca
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -32,30 +46,42 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import __version__
-from ..ops import linear_scan, linear_scan_reference
+from ..ops import gated_linear_attention, gated_linear_attention_reference, linear_scan, linear_scan_reference
+from ..layers.base import RecurrentState
+from ..ops.gated_linear_attention import chunk_flops
 from ..registry import create, list_models, model_info
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
-    "BARS", "DTYPES", "Bar", "Record", "Spec", "compare", "comparison", "header", "make_specs", "measure",
-    "quick_specs", "report", "run", "target_modes", "target_names", "time_fn", "write_json",
+    "BARS", "DTYPES", "Bar", "Record", "Spec", "compare", "comparison", "flop_count", "header", "make_specs",
+    "measure", "measure_steps", "quick_specs", "report", "run", "state_bytes", "step_specs", "target_modes",
+    "target_names", "time_fn", "time_fns", "write_json",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 ENGINE = "linear_scan"
-BASELINES = ("cumsum", "nn.GRU", "nn.LSTM")
+GLA = "gated_linear_attention"  # engine 3
+GLA_HEADS = 4  # the engine's (B, T, d) workload runs H = 4 heads of d_k = d_v = d / 4
+MATMUL = "matmul"
+BASELINES = ("cumsum", "nn.GRU", "nn.LSTM", MATMUL)
 BASELINE_MODE = "torch"
+STEP = "step"  # the mode of step rows
+ANY = "*"  # a bar's target or vs target matching any
 QUICK_LAYER_SHAPE = (8, 1024, 64)  # (B, T, d) at which --quick times every registered layer
+STEP_CONTEXTS = (1024, 65536)  # the step bar's contexts (batch 1, d_model 64)
+STEP_WARMUP = 10  # untimed steps before a step row's timed ones
 
 
 @dataclass(frozen=True)
 class Spec:
-    """One row to time: a target in one mode at shape ``(batch, length, d_model)`` and a dtype."""
+    """One row to time: a target in one mode at shape ``(batch, length, d_model)`` and a dtype (for a step row,
+    ``length`` is the context)."""
 
     target: str
     mode: str
@@ -72,7 +98,8 @@ class Spec:
 
 @dataclass(frozen=True)
 class Record:
-    """A timed row (times in milliseconds: median and min over ``*_repeats`` runs) and its comparison."""
+    """A timed row (times in milliseconds: median and min over ``*_repeats`` runs; for a step row ``fwd_*`` is
+    one ``step`` call, i.e. per token) and its comparison."""
 
     target: str
     mode: str
@@ -90,8 +117,13 @@ class Record:
     fwd_bwd_repeats: int | None = None
     vs_target: str | None = None  # the row compared with
     vs_mode: str | None = None
+    vs_shape: tuple[int, int, int] | None = None
     ratio_fwd: float | None = None  # fwd_ms / the vs row's fwd_ms
     ratio_fwd_bwd: float | None = None  # fwd_bwd_ms / the vs row's fwd_bwd_ms
+    gflops: float | None = None  # achieved GFLOP/s of fwd+bwd (of fwd if not timed), where a FLOP count applies
+    ratio_gflops: float | None = None  # gflops / the vs row's gflops (vs matmul)
+    state_bytes: int | None = None  # step rows: the state's bytes after the context
+    state_bytes_after_steps: int | None = None  # step rows: ... and after the timed steps
     bar: str | None = None  # the required ratio, e.g. "<= 2", if a bar applies
     bar_pass: bool | None = None
 
@@ -99,35 +131,64 @@ class Record:
     def spec(self) -> Spec:
         return Spec(self.target, self.mode, self.batch, self.length, self.d_model, self.dtype)
 
+    @property
+    def vs_spec(self) -> Spec | None:
+        """The spec of the row compared with (None if none)."""
+        return None if self.vs_target is None else Spec(self.vs_target, self.vs_mode, *self.vs_shape, self.dtype)
+
 
 @dataclass(frozen=True)
 class Bar:
-    """A required forward+backward ratio ``target mode / vs_target vs_mode`` at one shape and setting."""
+    """A required ratio ``target mode / vs_target vs_mode`` at one shape (``vs_shape`` for the vs row, default
+    the same) and setting: of forward+backward times, of forward+backward GFLOP/s (``rate``), or for step rows of
+    the time per token, with the state's bytes constant. ``ANY`` as a target matches every target."""
 
     target: str
     mode: str
     vs_target: str
     vs_mode: str
     shape: tuple[int, int, int]
-    op: str  # "<=" or ">="
+    op: str  # "<=", ">=" or "±" (|ratio - 1| <= value)
     value: float
+    vs_shape: tuple[int, int, int] | None = None
+    rate: bool = False
     dtype: str = "float32"
     threads: int = 2
     device: str = "cpu"
 
     def __str__(self) -> str:
-        return f"{self.op} {self.value:g}"
+        return f"1 ± {self.value:g}" if self.op == "±" else f"{self.op} {self.value:g}"
 
     def applies(self, record: Record, vs: Spec) -> bool:
         """Whether ``record``, compared with ``vs``, is the measurement this bar is about."""
+        wanted = (self.target, self.mode, self.vs_target, self.vs_mode)
+        names = (record.target, record.mode, vs.target, vs.mode)
         setting = (*self.shape, self.dtype, self.threads, self.device)
         return (
-            (record.target, record.mode, vs.target, vs.mode) == (self.target, self.mode, self.vs_target, self.vs_mode)
+            all(want in (ANY, got) for want, got in zip(wanted, names))
             and (*record.spec.config, record.threads, record.device) == setting
+            and vs.config == (*(self.vs_shape or self.shape), self.dtype)
         )
 
-    def passes(self, ratio: float) -> bool:
-        return ratio <= self.value if self.op == "<=" else ratio >= self.value
+    def ratio(self, record: Record) -> float | None:
+        """The record's ratio this bar is about (None if it was not measured, e.g. with ``--forward-only``)."""
+        if record.mode == STEP:
+            return record.ratio_fwd
+        if record.fwd_bwd_ms is None:
+            return None
+        return record.ratio_gflops if self.rate else record.ratio_fwd_bwd
+
+    def passes(self, record: Record, vs: Record) -> bool:
+        """Whether the ratio meets the bar (for step rows: and the state bytes of both rows stayed equal)."""
+        ratio = self.ratio(record)
+        if self.op == "±":
+            ok = abs(ratio - 1) <= self.value
+        else:
+            ok = ratio <= self.value if self.op == "<=" else ratio >= self.value
+        if record.mode != STEP:
+            return ok
+        sizes = {record.state_bytes, record.state_bytes_after_steps, vs.state_bytes, vs.state_bytes_after_steps}
+        return ok and len(sizes) == 1
 
 
 BARS = (
@@ -136,6 +197,10 @@ BARS = (
     Bar(ENGINE, "scan", "cumsum", BASELINE_MODE, (1, 65536, 64), "<=", 2),
     # minGRU at least 4x faster than nn.GRU, forward+backward
     Bar("nn.GRU", BASELINE_MODE, "mingru", "scan", (8, 512, 256), ">=", 4),
+    # engine 3 at B=4, H=4, T=2048, d_k=d_v=64: fwd+bwd FLOP rate at least 40% of a 2048² matmul's
+    Bar(GLA, "chunk", MATMUL, BASELINE_MODE, (4, 2048, GLA_HEADS * 64), ">=", 0.4, vs_shape=(1, 2048, 2048), rate=True),
+    # any layer's step: time per token after 64k tokens of context within 10% of after 1k, state bytes constant
+    Bar(ANY, STEP, ANY, STEP, (1, STEP_CONTEXTS[1], 64), "±", 0.1, vs_shape=(1, STEP_CONTEXTS[0], 64)),
 )
 
 
@@ -144,14 +209,17 @@ BARS = (
 
 
 def target_names() -> list[str]:
-    """Every timeable target: the registered layers, the engine, the baselines."""
-    return [*(m.name for m in list_models()), ENGINE, *BASELINES]
+    """Every timeable target: the registered layers, the engines, the baselines."""
+    return [*(m.name for m in list_models()), ENGINE, GLA, *BASELINES]
 
 
 def target_modes(target: str) -> tuple[str, ...]:
-    """A target's timeable modes, parallel forms first (``auto`` is left out: it is one of them)."""
+    """A target's timeable modes, parallel forms first (``auto`` is left out: it is one of them; ``step`` is
+    timed by :func:`step_specs`)."""
     if target == ENGINE:
         return ("scan", "recurrent")
+    if target == GLA:
+        return ("chunk", "recurrent")
     if target in BASELINES:
         return (BASELINE_MODE,)
     if target not in {m.name for m in list_models()}:
@@ -170,6 +238,8 @@ def make_specs(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     offered = {target: target_modes(target) for target in targets}
+    if GLA in offered and shape[2] % GLA_HEADS:
+        raise ValueError(f"{GLA} splits d over {GLA_HEADS} heads: d must be a multiple of {GLA_HEADS}, got {shape[2]}")
     for mode in modes or ():
         if not any(mode in offers for offers in offered.values()):
             valid = sorted({m for offers in offered.values() for m in offers})
@@ -183,23 +253,50 @@ def make_specs(
     return specs
 
 
+def step_specs(targets: Iterable[str], shape: tuple[int, int, int], dtype: str = "float32") -> list[Spec]:
+    """Step rows: each layer's ``step`` after a context of ``shape[1]`` tokens. A ``ValueError`` naming the
+    registered layers is raised for a target that is not one."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    layers = [m.name for m in list_models()]
+    for target in targets:
+        if target not in layers:
+            raise ValueError(f"step timing needs a registered layer, got {target!r}; valid names: {', '.join(layers)}")
+    return [Spec(target, STEP, *shape, dtype) for target in targets]
+
+
 def quick_specs() -> list[Spec]:
-    """The ``--quick`` suite: every bar's two targets at its shape, then every registered layer at a modest size."""
-    specs = []
+    """The ``--quick`` suite: every bar's targets at its shapes, every registered layer at a modest size, then
+    the step bar for every layer on engine 3 (``gated_linear_attention``)."""
+    specs: list[Spec] = []
     for bar in BARS:
-        specs += [s for s in make_specs([bar.target, bar.vs_target], bar.shape) if s not in specs]
-    return specs + make_specs([m.name for m in list_models()], QUICK_LAYER_SHAPE)
+        if bar.mode != STEP:
+            for target, shape in ((bar.target, bar.shape), (bar.vs_target, bar.vs_shape or bar.shape)):
+                specs += [s for s in make_specs([target], shape) if s not in specs]
+    specs += make_specs([m.name for m in list_models()], QUICK_LAYER_SHAPE)
+    gla_layers = [m.name for m in list_models() if m.engine == GLA]
+    return specs + [s for name in gla_layers for length in STEP_CONTEXTS for s in step_specs([name], (1, length, 64))]
 
 
 def comparison(spec: Spec, specs: Sequence[Spec]) -> Spec | None:
-    """The row ``spec`` is compared with: same shape and dtype, first match in ``specs`` (None if none)."""
-    same = [s for s in specs if s.config == spec.config and s != spec]
-    if spec.mode == "recurrent":  # the target's own parallel form
-        candidates = [s for s in same if s.target == spec.target]
+    """The row ``spec`` is compared with, first match in ``specs`` (None if none); see the module docstring."""
+    others = [s for s in specs if s != spec]
+    same = [s for s in others if s.config == spec.config]
+    if spec.mode == STEP:  # the same layer after the shortest shorter context
+        candidates = sorted(
+            (s for s in others if s.mode == STEP and s.target == spec.target and s.length < spec.length
+             and (s.batch, s.d_model, s.dtype) == (spec.batch, spec.d_model, spec.dtype)),
+            key=lambda s: s.length,
+        )  # fmt: skip
+    elif spec.mode == "recurrent":  # the target's own parallel form
+        candidates = [s for s in same if s.target == spec.target and s.mode != STEP]
     elif spec.target == ENGINE:
         candidates = [s for s in same if s.target == "cumsum"]
+    elif spec.target == GLA:  # the machine's matmul rate, at any shape
+        candidates = [s for s in others if s.target == MATMUL and s.dtype == spec.dtype]
     elif spec.target in ("nn.GRU", "nn.LSTM"):
-        candidates = [s for s in same if s.target not in (ENGINE, *BASELINES) and s.mode != "recurrent"]
+        layers = {m.name for m in list_models()}
+        candidates = [s for s in same if s.target in layers and s.mode not in ("recurrent", STEP)]
     else:
         candidates = []
     return candidates[0] if candidates else None
@@ -229,6 +326,22 @@ def _engine_workload(spec: Spec, device: torch.device) -> Workload:
     return (lambda: scan(a, b)[0]), [a, b]
 
 
+def _gla_workload(spec: Spec, device: torch.device) -> Workload:
+    shape = (spec.batch, GLA_HEADS, spec.length, spec.d_model // GLA_HEADS)
+    dtype = DTYPES[spec.dtype]
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    log_alpha = (F.logsigmoid(torch.randn(shape, device=device, dtype=dtype)) / 16).requires_grad_()
+    attend = gated_linear_attention if spec.mode == "chunk" else gated_linear_attention_reference
+    return (lambda: attend(q, k, v, log_alpha)[0]), [q, k, v, log_alpha]
+
+
+def _matmul_workload(spec: Spec, device: torch.device) -> Workload:
+    dtype = DTYPES[spec.dtype]
+    x = torch.randn(spec.batch * spec.length, spec.d_model, device=device, dtype=dtype)
+    w = torch.randn(spec.d_model, spec.d_model, device=device, dtype=dtype)
+    return (lambda: x @ w), []
+
+
 def _cumsum_workload(spec: Spec, device: torch.device) -> Workload:
     x = _leaf(spec, device)
     return (lambda: torch.cumsum(x, dim=1)), [x]
@@ -244,6 +357,10 @@ def _torch_rnn_workload(spec: Spec, device: torch.device) -> Workload:
 def _workload(spec: Spec, device: torch.device) -> Workload:
     if spec.target == ENGINE:
         return _engine_workload(spec, device)
+    if spec.target == GLA:
+        return _gla_workload(spec, device)
+    if spec.target == MATMUL:
+        return _matmul_workload(spec, device)
     if spec.target == "cumsum":
         return _cumsum_workload(spec, device)
     if spec.target in BASELINES:
@@ -255,25 +372,49 @@ def _workload(spec: Spec, device: torch.device) -> Workload:
 # timing
 
 
-def time_fn(
-    fn: Callable[[], object], *, repeats: int = 3, budget_s: float = 0.3, warmup: int = 1, device: torch.device
-) -> tuple[float, float, int]:
-    """Time ``fn()``: ``warmup`` untimed calls, then calls until at least ``repeats`` and ``budget_s`` seconds.
+def time_fns(
+    fns: Sequence[Callable[[], object]],
+    *,
+    repeats: int = 3,
+    budget_s: float = 0.3,
+    warmup: int = 1,
+    device: torch.device,
+) -> list[tuple[float, float, int]]:
+    """Time each of ``fns`` in turn, round-robin, so that drift in the machine's speed hits them alike:
+    ``warmup`` untimed rounds, then rounds until each has at least ``repeats`` calls and ``budget_s`` seconds
+    per function have passed.
 
-    Slow functions thus get ``repeats`` calls and fast ones many. Returns (median ms, min ms, calls).
+    Slow functions thus get ``repeats`` calls and fast ones many. Returns (median ms, min ms, calls) per function.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     sync()
-    times: list[float] = []
+    times: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, min(times) * 1e3, len(times)
+    while len(times[0]) < repeats or time.perf_counter() - start < budget_s * len(fns):
+        for fn, samples in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            samples.append(time.perf_counter() - t0)
+    return [(statistics.median(t) * 1e3, min(t) * 1e3, len(t)) for t in times]
+
+
+def time_fn(fn: Callable[[], object], **timing) -> tuple[float, float, int]:
+    """Time ``fn()`` alone: :func:`time_fns` of ``[fn]`` (same keywords)."""
+    return time_fns([fn], **timing)[0]
+
+
+def flop_count(spec: Spec, backward: bool) -> int | None:
+    """FLOPs of one forward (``backward=False``) or forward+backward call of ``spec``, None where no count applies."""
+    if spec.target == MATMUL:
+        return 2 * spec.batch * spec.length * spec.d_model**2
+    if (spec.target, spec.mode) == (GLA, "chunk"):
+        d_head = spec.d_model // GLA_HEADS
+        return (3 if backward else 1) * chunk_flops(spec.batch, GLA_HEADS, spec.length, d_head, d_head)
+    return None
 
 
 def measure(
@@ -285,7 +426,8 @@ def measure(
     budget_s: float = 0.3,
     forward_only: bool = False,
 ) -> Record:
-    """Time one spec forward-only and (unless ``forward_only``) forward+backward, on the current thread count."""
+    """Time one spec forward-only and (unless ``forward_only``, or for ``matmul``) forward+backward, on the
+    current thread count."""
     torch.manual_seed(0)
     forward, leaves = _workload(spec, device)
     with torch.no_grad():
@@ -302,25 +444,78 @@ def measure(
 
     timing = dict(repeats=repeats, budget_s=budget_s, device=device)
     fwd = time_fn(forward_no_grad, **timing)
-    bwd = (None, None, None) if forward_only else time_fn(forward_backward, **timing)
+    backward = not forward_only and spec.target != MATMUL
+    bwd = time_fn(forward_backward, **timing) if backward else (None, None, None)
+    flops = flop_count(spec, backward)
+    gflops = None if flops is None else flops / (bwd[0] if backward else fwd[0]) / 1e6
     return Record(
-        spec.target, spec.mode, spec.batch, spec.length, spec.d_model, spec.dtype, threads, str(device), *fwd, *bwd
-    )
+        spec.target, spec.mode, spec.batch, spec.length, spec.d_model, spec.dtype, threads, str(device), *fwd, *bwd,
+        gflops=gflops,
+    )  # fmt: skip
+
+
+def state_bytes(state: RecurrentState) -> int:
+    """Bytes held by a layer's recurrent state (the sum over its ``tensors()``)."""
+    return sum(t.numel() * t.element_size() for t in state.tensors().values())
+
+
+def _step_group(spec: Spec) -> tuple:
+    """What step specs timed together share (all but the context)."""
+    return spec.target, spec.mode, spec.batch, spec.d_model, spec.dtype
+
+
+def measure_steps(
+    specs: Sequence[Spec], *, threads: int, device: torch.device, repeats: int = 3, budget_s: float = 0.3
+) -> list[Record]:
+    """Time ``layer.step`` after the context of each step spec (one layer, batch, d_model and dtype; the
+    contexts ``spec.length`` differ), all under ``torch.no_grad()``.
+
+    One layer serves every context. For each spec, the layer's parallel forward over random input builds a
+    state; then the states take single-token steps in turn, each fed the state it returned last
+    (:func:`time_fns`: ``STEP_WARMUP`` untimed rounds, then at least ``repeats`` timed steps each; interleaving
+    makes the contexts' times comparable on a machine whose speed drifts). ``fwd_*``: ms per token, median and
+    min. Records the state's bytes after the context and after the timed steps.
+    """
+    first = specs[0]
+    if first.mode != STEP or any(_step_group(s) != _step_group(first) for s in specs):
+        raise ValueError(f"measure_steps: step specs of one layer, batch, d_model and dtype expected, got {specs}")
+    torch.manual_seed(0)
+    dtype = DTYPES[first.dtype]
+    layer = create(first.target, first.d_model).to(device, dtype)
+    with torch.no_grad():
+        states = [layer(torch.randn(s.batch, s.length, s.d_model, device=device, dtype=dtype))[1] for s in specs]
+        context_bytes = [state_bytes(state) for state in states]
+        x_t = torch.randn(first.batch, first.d_model, device=device, dtype=dtype)
+
+        def step(i: int) -> None:
+            states[i] = layer.step(x_t, states[i])[1]
+
+        steps = [functools.partial(step, i) for i in range(len(specs))]
+        timings = time_fns(steps, repeats=repeats, budget_s=budget_s, warmup=STEP_WARMUP, device=device)
+    return [
+        Record(
+            s.target, s.mode, s.batch, s.length, s.d_model, s.dtype, threads, str(device), *timing,
+            state_bytes=before, state_bytes_after_steps=state_bytes(state),
+        )  # fmt: skip
+        for s, timing, before, state in zip(specs, timings, context_bytes, states)
+    ]
 
 
 def _compared(record: Record, vs: Record) -> Record:
-    """``record`` with its ratios to ``vs`` and the status of the bar about them, if any."""
-    ratio_fwd_bwd = None if record.fwd_bwd_ms is None else record.fwd_bwd_ms / vs.fwd_bwd_ms
-    bar = next((b for b in BARS if b.applies(record, vs.spec)), None) if ratio_fwd_bwd is not None else None
-    return dataclasses.replace(
-        record,
-        vs_target=vs.target,
-        vs_mode=vs.mode,
-        ratio_fwd=record.fwd_ms / vs.fwd_ms,
-        ratio_fwd_bwd=ratio_fwd_bwd,
-        bar=None if bar is None else str(bar),
-        bar_pass=None if bar is None else bar.passes(ratio_fwd_bwd),
-    )
+    """``record`` with its ratios to ``vs`` (of GFLOP/s against ``matmul``, else of times) and the status of the
+    bar about them, if any."""
+    if vs.target == MATMUL:
+        ratios = dict(ratio_gflops=None if record.gflops is None else record.gflops / vs.gflops)
+    else:
+        timed = record.fwd_bwd_ms is not None and vs.fwd_bwd_ms is not None
+        ratio_fwd_bwd = record.fwd_bwd_ms / vs.fwd_bwd_ms if timed else None
+        ratios = dict(ratio_fwd=record.fwd_ms / vs.fwd_ms, ratio_fwd_bwd=ratio_fwd_bwd)
+    vs_shape = (vs.batch, vs.length, vs.d_model)
+    record = dataclasses.replace(record, vs_target=vs.target, vs_mode=vs.mode, vs_shape=vs_shape, **ratios)
+    bar = next((b for b in BARS if b.applies(record, vs.spec) and b.ratio(record) is not None), None)
+    if bar is None:
+        return record
+    return dataclasses.replace(record, bar=str(bar), bar_pass=bar.passes(record, vs))
 
 
 def compare(records: Sequence[Record]) -> list[Record]:
@@ -342,20 +537,28 @@ def run(
 ) -> list[Record]:
     """Time every spec with ``threads`` threads (restored afterwards), then compare rows side by side.
 
-    ``on_spec`` is called before each spec is timed (progress display).
+    :func:`measure` times each spec but step specs, which :func:`measure_steps` times together per layer, batch,
+    d_model and dtype. ``on_spec`` is called before each spec is timed (progress display).
     """
     settings = dict(threads=threads, device=torch.device(device), repeats=repeats, budget_s=budget_s)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        records = []
+        records: dict[Spec, Record] = {}
         for spec in specs:
-            if on_spec is not None:
-                on_spec(spec)
-            records.append(measure(spec, forward_only=forward_only, **settings))
+            if spec in records:
+                continue
+            group = [s for s in specs if _step_group(s) == _step_group(spec)] if spec.mode == STEP else [spec]
+            for s in group:
+                if on_spec is not None:
+                    on_spec(s)
+            if spec.mode == STEP:
+                records.update(zip(group, measure_steps(group, **settings)))
+            else:
+                records[spec] = measure(spec, forward_only=forward_only, **settings)
     finally:
         torch.set_num_threads(previous)
-    return compare(records)
+    return compare([records[s] for s in specs])
 
 
 # ----------------------------------------------------------------------------
@@ -402,43 +605,120 @@ def _label(target: str, mode: str) -> str:
     return target if mode == BASELINE_MODE else f"{target} {mode}"
 
 
+def _shape(shape: Sequence[int]) -> str:
+    return f"({', '.join(map(str, shape))})"
+
+
+def _mark(passed: bool) -> str:
+    return "[green]pass[/]" if passed else "[red]FAIL[/]"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.3f}" if value < 1 else f"{value:,.2f}"
+
+
+def _bar_cell(r: Record) -> str:
+    return "" if r.bar is None else f"{r.bar} {_mark(r.bar_pass)}"
+
+
+def _bar_line(r: Record, by_spec: dict[Spec, Record]) -> str:
+    """The line about ``r``'s bar, with the figures behind it."""
+    vs = by_spec[r.vs_spec]
+    if r.mode == STEP:
+        sizes = {r.state_bytes, r.state_bytes_after_steps, vs.state_bytes, vs.state_bytes_after_steps}
+        state = (
+            f"state {r.state_bytes:,} bytes throughout" if len(sizes) == 1 else
+            f"state bytes {vs.state_bytes:,} -> {vs.state_bytes_after_steps:,} after {vs.length:,}, "
+            f"{r.state_bytes:,} -> {r.state_bytes_after_steps:,} after {r.length:,} (need constant)"
+        )  # fmt: skip
+        return (
+            f"bar: {r.target} step, ms per token after {r.length:,} / {vs.length:,} tokens of context: "
+            f"{r.fwd_ms:.4f} / {vs.fwd_ms:.4f} = {r.ratio_fwd:.3f} (need {r.bar}), {state} {_mark(r.bar_pass)}"
+        )
+    if r.ratio_gflops is not None:
+        loop, vs_loop = by_spec.get(dataclasses.replace(r.spec, mode="recurrent")), ""
+        if loop is not None and loop.fwd_bwd_ms is not None:
+            vs_loop = f"; recurrent / {r.mode} fwd+bwd: {loop.fwd_bwd_ms / r.fwd_bwd_ms:.1f}x"
+        return (
+            f"bar: {_label(r.target, r.mode)} fwd+bwd GFLOP/s at {_shape(r.spec.config[:3])} / {vs.target} at "
+            f"{_shape(r.vs_shape)}: {r.gflops:.1f} / {vs.gflops:.1f} = {r.ratio_gflops:.2f} (need {r.bar}) "
+            f"{_mark(r.bar_pass)}{vs_loop}"
+        )
+    return (
+        f"bar: {_label(r.target, r.mode)} / {_label(r.vs_target, r.vs_mode)} fwd+bwd at "
+        f"{_shape(r.spec.config[:3])}: {r.ratio_fwd_bwd:.2f} (need {r.bar}) {_mark(r.bar_pass)}"
+    )
+
+
 def report(records: Sequence[Record], console: Console, head: dict) -> None:
-    """Print the records as a table (captioned with the run's ``head``), then one line per bar."""
+    """Print the records as tables (timings, then step rows; captioned with the run's ``head``), then one line
+    per bar."""
     from rich.table import Table
 
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:,.2f}"
-
-    table = Table(
-        title="rnnzoo speed (median ms)",
-        caption=(
-            "ratio = this row's time / the vs row's (fwd+bwd; fwd if --forward-only)\n"
-            f"torch {head['torch']} on {head['gpu'] or head['cpu']} ({head['cpu_count']} CPUs, "
-            f"load average {head['loadavg_1min']} at start)"
-        ),
+    machine = (
+        f"torch {head['torch']} on {head['gpu'] or head['cpu']} ({head['cpu_count']} CPUs, "
+        f"load average {head['loadavg_1min']} at start)"
     )
-    for name in ("target", "mode", "(B, T, d)", "dtype", "threads", "fwd ms", "fwd+bwd ms", "vs", "ratio", "bar"):
-        table.add_column(name, justify="right" if name in ("threads", "fwd ms", "fwd+bwd ms", "ratio") else "left")
-    for r in records:
-        ratio = r.ratio_fwd if r.ratio_fwd_bwd is None else r.ratio_fwd_bwd
-        bar = "" if r.bar is None else f"{r.bar} " + ("[green]pass[/]" if r.bar_pass else "[red]FAIL[/]")
-        table.add_row(
-            r.target,
-            r.mode,
-            f"({r.batch}, {r.length}, {r.d_model})",
-            r.dtype,
-            str(r.threads),
-            ms(r.fwd_ms),
-            ms(r.fwd_bwd_ms),
-            "" if r.vs_target is None else _label(r.vs_target, r.vs_mode),
-            "" if ratio is None else f"{ratio:.2f}x",
-            bar,
+    timed = [r for r in records if r.mode != STEP]
+    if timed:
+        table = Table(
+            title="rnnzoo speed (median ms)",
+            caption=(
+                "ratio = this row's time / the vs row's (fwd+bwd; fwd if --forward-only); vs matmul: "
+                f"this row's GFLOP/s / matmul's\nGFLOP/s: of fwd+bwd (fwd if not timed)\n{machine}"
+            ),
         )
-    console.print(table)
+        numeric = ("threads", "fwd ms", "fwd+bwd ms", "GFLOP/s", "ratio")
+        for name in ("target", "mode", "(B, T, d)", "dtype", *numeric[:4], "vs", "ratio", "bar"):
+            table.add_column(name, justify="right" if name in numeric else "left")
+        for r in timed:
+            ratio = next((x for x in (r.ratio_gflops, r.ratio_fwd_bwd, r.ratio_fwd) if x is not None), None)
+            vs = "" if r.vs_target is None else _label(r.vs_target, r.vs_mode)
+            if r.vs_target is not None and r.vs_spec.config != r.spec.config:
+                vs += f" {_shape(r.vs_shape)}"
+            table.add_row(
+                r.target,
+                r.mode,
+                _shape(r.spec.config[:3]),
+                r.dtype,
+                str(r.threads),
+                _ms(r.fwd_ms),
+                _ms(r.fwd_bwd_ms),
+                "" if r.gflops is None else f"{r.gflops:,.1f}",
+                vs,
+                "" if ratio is None else f"{ratio:.2f}x",
+                _bar_cell(r),
+            )
+        console.print(table)
+    steps = [r for r in records if r.mode == STEP]
+    if steps:
+        table = Table(
+            title="rnnzoo speed: layer.step after T tokens of context (no_grad)",
+            caption=(
+                f"ratio = this row's ms per token / the vs row's (the same layer after a shorter context)\n{machine}"
+            ),
+        )
+        numeric = ("context T", "threads", "ms / token", "min ms", "steps", "state bytes", "after steps", "ratio")
+        for name in ("target", "context T", "(B, d)", "dtype", *numeric[1:7], "vs context", "ratio", "bar"):
+            table.add_column(name, justify="right" if name in numeric else "left")
+        for r in steps:
+            table.add_row(
+                r.target,
+                f"{r.length:,}",
+                _shape((r.batch, r.d_model)),
+                r.dtype,
+                str(r.threads),
+                _ms(r.fwd_ms),
+                _ms(r.fwd_min_ms),
+                f"{r.fwd_repeats:,}",
+                f"{r.state_bytes:,}",
+                f"{r.state_bytes_after_steps:,}",
+                "" if r.vs_target is None else f"{r.vs_shape[1]:,}",
+                "" if r.ratio_fwd is None else f"{r.ratio_fwd:.3f}x",
+                _bar_cell(r),
+            )
+        console.print(table)
+    by_spec = {r.spec: r for r in records}
     for r in records:
         if r.bar is not None:
-            mark = "[green]pass[/]" if r.bar_pass else "[red]FAIL[/]"
-            console.print(
-                f"bar: {_label(r.target, r.mode)} / {_label(r.vs_target, r.vs_mode)} fwd+bwd at "
-                f"({r.batch}, {r.length}, {r.d_model}): {r.ratio_fwd_bwd:.2f} (need {r.bar}) {mark}"
-            )
+            console.print(_bar_line(r, by_spec))

@@ -3,14 +3,22 @@
 Importing this package registers every layer with :mod:`rnnzoo.registry`.
 """
 
-from .base import DiagonalState, RecurrentState, SequenceLayer
+from .base import DiagonalState, MatrixState, RecurrentState, SequenceLayer
+from .gla import GLA
 from .hgrn import HGRN
+from .hgrn2 import HGRN2
+from .linear_attention import LinearAttention
 from .lru import LRU
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .mingru import MinGRU, MinLSTM
+from .mlstm import MLSTM
+from .retnet import RetNet
 from .rglru import Hawk
 from .s4d import S4D
 
 __all__ = [
-    "DiagonalState", "RecurrentState", "SequenceLayer", "HGRN", "Hawk", "LRU", "Mamba", "MinGRU", "MinLSTM", "S4D"
-]
+    "DiagonalState", "MatrixState", "RecurrentState", "SequenceLayer",
+    "GLA", "HGRN", "HGRN2", "Hawk", "LinearAttention", "LRU", "MLSTM", "Mamba", "Mamba2", "MinGRU", "MinLSTM",
+    "RetNet", "S4D",
+]  # fmt: skip

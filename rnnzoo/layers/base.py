@@ -23,11 +23,13 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import gated_linear_attention, gated_linear_attention_reference, linear_scan, linear_scan_reference
+from ..ops import (
+    gated_linear_attention, gated_linear_attention_reference, linear_scan, linear_scan_operator, linear_scan_reference
+)  # fmt: skip
 
 __all__ = [
     "RecurrentState", "DiagonalState", "MatrixState", "SequenceLayer", "state_dtype", "diagonal_recurrence",
-    "matrix_recurrence", "widen_log_decay",
+    "matrix_recurrence", "widen_log_decay", "diagonal_operator", "channel_groups",
 ]  # fmt: skip
 
 
@@ -56,6 +58,20 @@ class DiagonalState(RecurrentState):
 def diagonal_recurrence(a: Tensor, b: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
     """Engine 2 by mode: the chunked scan (``"scan"``) or the reference loop (``"recurrent"``)."""
     return (linear_scan if mode == "scan" else linear_scan_reference)(a, b, h0)
+
+
+def diagonal_operator(a: Tensor, w: Tensor) -> Tensor:
+    """Operator of the per-channel recurrence ``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t`` from a zero state.
+
+    ``a, w`` ``(batch, T, channels)``; returns ``M`` ``(batch, channels, T, T)`` with
+    ``M[b, c, t, s] = (Π_{r=s+1..t} a_{r,c}) w_{s,c}`` for ``s <= t``, so ``h = M @ v`` per channel.
+    """
+    return (linear_scan_operator(a, w.shape) * w.unsqueeze(1)).movedim(-1, 1)
+
+
+def channel_groups(*xs: Tensor) -> tuple[Tensor, ...]:
+    """``(batch, T, channels) -> (batch, channels, T, 1)``: each channel a group of the operator view, ``d_v = 1``."""
+    return tuple(x.transpose(1, 2).unsqueeze(-1) for x in xs)
 
 
 @dataclasses.dataclass
@@ -161,11 +177,24 @@ class SequenceLayer(nn.Module):
         mixer's output (see :meth:`mixer_io`) equals ``M @ V`` from a zero state;
         ``groups`` are the layer's heads or channels (documented per layer).
         """
-        raise NotImplementedError(f"{type(self).__name__} does not materialise its operator")
+        self._check_input(x, "x", ("batch", "time", "d_model"))
+        return self._materialize(x)
 
     def mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(V, Y)`` for input ``x``: the values the operator mixes ``(batch, groups, T, d_v)`` and the
         mixer's output ``(batch, groups, T, d_v)`` computed by the parallel form, so ``materialize(x) @ V == Y``."""
+        self._check_input(x, "x", ("batch", "time", "d_model"))
+        return self._mixer_io(x)
+
+    @classmethod
+    def has_operator(cls) -> bool:
+        """Whether the layer implements :meth:`materialize` (engine-2 and engine-3 layers do)."""
+        return cls._materialize is not SequenceLayer._materialize
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not materialise its operator")
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not materialise its operator")
 
     def extra_repr(self) -> str:

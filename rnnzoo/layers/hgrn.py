@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .base import DiagonalState, SequenceLayer, diagonal_recurrence, state_dtype
+from .base import DiagonalState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, state_dtype
 
 __all__ = ["HGRN"]
 
@@ -73,13 +73,33 @@ class HGRN(SequenceLayer):
         kw = self._state_kwargs(device, dtype)
         return DiagonalState(torch.zeros(batch_size, self.d_hidden, device=kw["device"], dtype=state_dtype(kw["dtype"])))
 
-    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
+    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(a_t, w_t, v_t, g_t)``: ``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t`` with ``w_t = 1 - f_t``, ``v_t = c_t``;
+        ``g_t`` the output gate's pre-activation."""
         c, f, g = self.in_proj(x).split(self.d_hidden, dim=-1)
         f = self.lower_bound + (1 - self.lower_bound) * torch.sigmoid(f)
-        a = 2 * f - 1 if self.negative_eigenvalues else f
-        h, h_last = diagonal_recurrence(a, (1 - f) * F.silu(c), None if state is None else state.h, mode)
-        y = self.norm(h) * F.silu(g)
-        return self.out_proj(y), DiagonalState(h_last)
+        return (2 * f - 1 if self.negative_eigenvalues else f), 1 - f, F.silu(c), g
+
+    def _mix(self, x: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(v, h, h_last, g)``: the inputs ``c_t``, the states, the output gate's pre-activation."""
+        a, w, v, g = self._gates(x)
+        h, h_last = diagonal_recurrence(a, w * v, h0, mode)
+        return v, h, h_last, g
+
+    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
+        _, h, h_last, g = self._mix(x, None if state is None else state.h, mode)
+        return self.out_proj(self.norm(h) * F.silu(g)), DiagonalState(h_last)
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        """``M[b, c, t, s] = (1 - f_{s,c}) Π_{r=s+1..t} a_{r,c}``, one group per hidden channel:
+        ``(batch, d_hidden, T, T)``."""
+        a, w, *_ = self._gates(x)
+        return diagonal_operator(a, w)
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``V = c_t = SiLU(W_c x_t)``, ``Y = h_t`` (before the norm and the gate), ``(batch, d_hidden, T, 1)``."""
+        v, h, *_ = self._mix(x, None, "scan")
+        return channel_groups(v, h)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, d_hidden={self.d_hidden}, negative_eigenvalues={self.negative_eigenvalues}"

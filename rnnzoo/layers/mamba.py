@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
+from ..ops import linear_scan_operator
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, diagonal_recurrence, state_dtype
+from .base import RecurrentState, SequenceLayer, channel_groups, diagonal_recurrence, state_dtype
 from .conv import CausalConv1d
 
 __all__ = ["Mamba", "MambaState"]
@@ -121,12 +122,12 @@ class Mamba(SequenceLayer):
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=kw["device"], dtype=state_dtype(kw["dtype"]))
         return MambaState(self.conv.init_state(batch_size, **kw), ssm)
 
-    def _discretize(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _discretize(self, u: Tensor, v: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(a_t, b_t, C_t)`` of ``h_t = a_t ⊙ h_{t-1} + b_t`` from the conv output ``u`` ``(B, T, d_inner)``.
 
-        ``a_t = exp(Δ_t A)`` (or ``2 exp(Δ_t A) - 1``) and ``b_t = Δ_t u_t B_t``,
-        both ``(B, T, d_inner, d_state)``; ``C_t`` is ``(B, T, d_state)``. All in
-        the state dtype.
+        ``a_t = exp(Δ_t A)`` (or ``2 exp(Δ_t A) - 1``) and ``b_t = Δ_t v_t B_t`` with
+        ``v = u`` (``v = 1`` gives the operator's input weight ``Δ_t B_t``), both
+        ``(B, T, d_inner, d_state)``; ``C_t`` is ``(B, T, d_state)``. All in the state dtype.
         """
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dtype = state_dtype(u.dtype)
@@ -135,17 +136,39 @@ class Mamba(SequenceLayer):
         a = torch.exp(dt.unsqueeze(-1) * A)
         if self.negative_eigenvalues:
             a = 2 * a - 1
-        b = (dt * u.to(dtype)).unsqueeze(-1) * B.to(dtype).unsqueeze(-2)
-        return a, b, C.to(dtype)
+        v = u if v is None else v
+        return a, (dt * v.to(dtype)).unsqueeze(-1) * B.to(dtype).unsqueeze(-2), C.to(dtype)
+
+    def _branches(self, x: Tensor, conv_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(u, z, conv state)``: the SSM input ``u = SiLU(CausalConv1d(x))`` and the gate branch ``z``."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u, conv = self.conv(u, conv_state)
+        return F.silu(u), z, conv
+
+    def _ssm(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
+        """``(y, h_last)`` with ``y_t = C_t · h_t + D ⊙ u_t``."""
+        a, b, C = self._discretize(u)
+        h, h_last = diagonal_recurrence(a, b, h0, mode)
+        return torch.einsum("btdn,btn->btd", h, C) + self.D * u, h_last
 
     def _forward(self, x: Tensor, state: MambaState | None, mode: str) -> tuple[Tensor, MambaState]:
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u, conv = self.conv(u, None if state is None else state.conv)
-        u = F.silu(u)
-        a, b, C = self._discretize(u)
-        h, h_last = diagonal_recurrence(a, b, None if state is None else state.ssm, mode)
-        y = torch.einsum("btdn,btn->btd", h, C) + self.D * u
+        u, z, conv = self._branches(x, None if state is None else state.conv)
+        y, h_last = self._ssm(u, None if state is None else state.ssm, mode)
         return self.out_proj(y.to(x.dtype) * F.silu(z)), MambaState(conv, h_last)
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        """``M[b, d, t, s] = Σ_n C_{t,n} (Π_{r=s+1..t} a_{r,d,n}) Δ_{s,d} B_{s,n} + D_d δ_ts``, one group per
+        inner channel ``(batch, d_inner, T, T)``; memory ``O(batch · T² · d_inner · d_state)``."""
+        u = self._branches(x)[0]
+        a, w, C = self._discretize(u, torch.ones_like(u))
+        M = torch.einsum("btsdn,btn->bdts", linear_scan_operator(a) * w.unsqueeze(1), C)
+        return M + torch.diag_embed(self.D.to(M.dtype).unsqueeze(-1).expand(-1, x.shape[1]))
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``V = u_t`` (the conv output), ``Y = C_t · h_t + D ⊙ u_t`` (before the SiLU(z) gate),
+        ``(batch, d_inner, T, 1)``."""
+        u = self._branches(x)[0]
+        return channel_groups(u.to(state_dtype(u.dtype)), self._ssm(u, None, "scan")[0])
 
     def extra_repr(self) -> str:
         return (

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, diagonal_recurrence, state_dtype
+from .base import RecurrentState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, state_dtype
 from .conv import CausalConv1d
 
 __all__ = ["Hawk", "HawkState"]
@@ -140,9 +140,9 @@ class Hawk(SequenceLayer):
         return HawkState(self.conv.init_state(batch_size, **kw), h)
 
     def _transition(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """``(a_t, b_t)`` of ``h_t = a_t ⊙ h_{t-1} + b_t`` from the conv output ``u`` ``(B, T, d_rnn)``.
+        """``(a_t, w_t)`` of ``h_t = a_t ⊙ h_{t-1} + w_t ⊙ u_t`` from the conv output ``u`` ``(B, T, d_rnn)``.
 
-        ``b_t = sqrt(1 - a_t²) ⊙ i_t ⊙ u_t``; both ``(B, T, d_rnn)`` in the state dtype.
+        ``w_t = sqrt(1 - a_t²) ⊙ i_t``; both ``(B, T, d_rnn)`` in the state dtype.
         """
         dtype = state_dtype(u.dtype)
         gates = torch.einsum("bthi,hij->bthj", u.unflatten(-1, (self.num_heads, -1)), self.gate_weight)
@@ -155,14 +155,28 @@ class Hawk(SequenceLayer):
             a = 2 * a - 1
         else:
             one_minus_a2 = -torch.expm1(2 * log_a)
-        return a, _SqrtBoundedGrad.apply(one_minus_a2) * i * u.to(dtype)
+        return a, _SqrtBoundedGrad.apply(one_minus_a2) * i
+
+    def _rg_lru(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
+        """The RG-LRU over the conv output ``u``: ``(h, h_last)``."""
+        a, w = self._transition(u)
+        return diagonal_recurrence(a, w * u.to(w.dtype), h0, mode)
 
     def _forward(self, x: Tensor, state: HawkState | None, mode: str) -> tuple[Tensor, HawkState]:
         g = F.gelu(self.gate_proj(x), approximate="tanh")
         u, conv = self.conv(self.in_proj(x), None if state is None else state.conv)
-        a, b = self._transition(u)
-        h, h_last = diagonal_recurrence(a, b, None if state is None else state.h, mode)
+        h, h_last = self._rg_lru(u, None if state is None else state.h, mode)
         return self.out_proj(h.to(x.dtype) * g), HawkState(conv, h_last)
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        """``M[b, c, t, s] = w_{s,c} Π_{r=s+1..t} a_{r,c}``, one group per RG-LRU channel ``(batch, d_rnn, T, T)``."""
+        return diagonal_operator(*self._transition(self.conv(self.in_proj(x))[0]))
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``V = u_t`` (the conv output), ``Y = h_t`` (the RG-LRU output, before the GeLU gate),
+        ``(batch, d_rnn, T, 1)``."""
+        u = self.conv(self.in_proj(x))[0]
+        return channel_groups(u.to(state_dtype(u.dtype)), self._rg_lru(u, None, "scan")[0])
 
     def extra_repr(self) -> str:
         return (

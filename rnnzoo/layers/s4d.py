@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
+from ..ops import linear_scan_operator
 from ..registry import register
-from .base import DiagonalState, SequenceLayer, diagonal_recurrence, state_dtype
+from .base import DiagonalState, SequenceLayer, channel_groups, diagonal_recurrence, state_dtype
 
 __all__ = ["S4D"]
 
@@ -91,17 +92,33 @@ class S4D(SequenceLayer):
         A_bar = torch.exp(dtA)
         return dtA, A_bar, (A_bar - 1) / A, torch.complex(self.C_re.to(real), self.C_im.to(real))
 
-    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
-        u = x.to(state_dtype(x.dtype))
-        h0 = None if state is None else state.h
+    def _ssm(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
+        """``(z, h_last)``, ``z_t = 2·Re(Σ_n C_n h_{t,n}) + D ⊙ u_t``, from ``u`` (``x`` in the state dtype)."""
         if mode == "conv":
             z, h_last = self._conv(u, h0)
         else:
             _, A_bar, B_bar, C = self.discretize()
             h, h_last = diagonal_recurrence(A_bar, B_bar * u[..., None], h0, mode)  # h: (B, T, H, N/2)
             z = 2 * torch.einsum("bthn,hn->bth", h, C).real
-        z = z + self.D.to(u.dtype) * u
+        return z + self.D.to(u.dtype) * u, h_last
+
+    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
+        z, h_last = self._ssm(x.to(state_dtype(x.dtype)), None if state is None else state.h, mode)
         return F.glu(self.out_proj(F.gelu(z.to(x.dtype))), dim=-1), DiagonalState(h_last)
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        """``M[b, c, t, s] = 2·Re(Σ_n C_{c,n} Ā_{c,n}^{t-s} B̄_{c,n}) + D_c δ_ts`` (the convolution kernel as a
+        Toeplitz matrix), real, one group per channel ``(batch, d_model, T, T)``; the same for every input."""
+        _, A_bar, B_bar, C = self.discretize()
+        L = linear_scan_operator(A_bar, (1, x.shape[1], *A_bar.shape))  # (1, T, T, H, N/2)
+        M = 2 * torch.einsum("btshn,hn->bhts", L, C * B_bar).real
+        M = M + torch.diag_embed(self.D.to(M.dtype).unsqueeze(-1).expand(-1, x.shape[1]))
+        return M.expand(x.shape[0], -1, -1, -1)
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``V = x_t``, ``Y = z_t`` (the SSM output with the skip term, before the GELU), ``(batch, d_model, T, 1)``."""
+        u = x.to(state_dtype(x.dtype))
+        return channel_groups(u, self._ssm(u, None, "conv")[0])
 
     def _conv(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
         """Convolution form: the SSM outputs ``(B, T, H)`` and the final state, from ``u`` ``(B, T, H)``."""

@@ -4,6 +4,10 @@ Engines know nothing of layers; layers feed them gates and read their states.
 """
 
 from .gated_linear_attention import gated_linear_attention, gated_linear_attention_reference
-from .linear_scan import linear_scan, linear_scan_reference
+from .linear_scan import linear_scan, linear_scan_operator, linear_scan_reference
+from .mlstm import mlstm_chunkwise, mlstm_operator, mlstm_reference
 
-__all__ = ["gated_linear_attention", "gated_linear_attention_reference", "linear_scan", "linear_scan_reference"]
+__all__ = [
+    "gated_linear_attention", "gated_linear_attention_reference", "linear_scan", "linear_scan_operator",
+    "linear_scan_reference", "mlstm_chunkwise", "mlstm_operator", "mlstm_reference",
+]  # fmt: skip

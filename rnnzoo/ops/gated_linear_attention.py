@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_int
-from .linear_scan import linear_scan
+from .linear_scan import _scan_backward, _scan_forward, linear_scan
 
-__all__ = ["gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
+__all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
 
 MAX_EXPONENT = 60.0  # largest exponent a per-key factor may reach inside a sub-block (e^60 ~ 1e26)
 MIN_LOG_DECAY = -1e4  # log decays are clamped here: exp(-1e4) is 0 in every dtype; keeps -inf out of cumsums
@@ -150,10 +150,13 @@ def _sub_block_size(g: Tensor) -> int:
     return size
 
 
+def _causal(size: int, device) -> Tensor:
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+
+
 def _intra_scalar(q, k, g, sign):
     """Within-chunk attention ``A[t, s] = (q_t · k_s) α_{s+1..t}`` for a scalar decay ``g`` ``(B, H, N, C)``."""
-    C = q.shape[-2]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    causal = _causal(q.shape[-2], q.device)
     scores = q @ k.transpose(-1, -2)
     if g is None:
         return scores.masked_fill(~causal, 0.0)
@@ -163,30 +166,52 @@ def _intra_scalar(q, k, g, sign):
     return scores * decay
 
 
-def _intra_per_key(q, k, g, sign):
-    """Within-chunk attention for a per-key decay ``g`` ``(B, H, N, C, d_k)``, re-based per sub-block."""
-    C, d_k = q.shape[-2:]
+def _rebased_per_key(q, k, g, sign):
+    """Per-key decays re-based at the first token of every sub-block (see the module docstring).
+
+    ``g`` ``(B, H, N, C, d_k)`` is the within-chunk cumulative log decay. Returns
+    ``(q_t, k_t, ref)``: ``q_t = q ⊙ σ_t e^{g_t - r_i}`` ``(B, H, N, n, c, d_k)`` for
+    sub-block i, ``k_t = k ⊙ σ_s e^{r_i - g_s}`` ``(B, H, N, n, C, d_k)`` (zero for
+    keys after sub-block i), and ``r`` ``(B, H, N, n, 1, d_k)``, so that
+    ``q_t[i] @ k_t[i]^T`` is sub-block i's rows of the decayed attention matrix.
+    """
+    C = q.shape[-2]
     size = _sub_block_size(g)
     n = C // size
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    ref = g.unflatten(-2, (n, size))[..., :1, :]  # g at each sub-block's first token: (B, H, N, n, 1, d_k)
-    q_scale = torch.exp(g.unflatten(-2, (n, size)) - ref)  # <= 1
-    # keys scaled per query sub-block: exponent ref_i - g_s, masked (-inf) for keys after sub-block i
-    k_exponent = ref - g.unsqueeze(-3)  # (B, H, N, n, C, d_k)
-    later = torch.arange(C, device=q.device) >= (torch.arange(n, device=q.device)[:, None] + 1) * size
-    k_scale = torch.exp(k_exponent.masked_fill(later[..., None], float("-inf")))
+    ref = g.unflatten(-2, (n, size))[..., :1, :]
+    k_exponent = ref - g.unsqueeze(-3)
+    if n > 1:  # keys after sub-block i: exponent could overflow and the weight is 0 anyway
+        later = torch.arange(C, device=q.device) >= (torch.arange(n, device=q.device)[:, None] + 1) * size
+        k_exponent = k_exponent.masked_fill(later[..., None], float("-inf"))
+    q_scale, k_scale = torch.exp(g.unflatten(-2, (n, size)) - ref), torch.exp(k_exponent)
     if sign is not None:
         q_scale = q_scale * sign.unflatten(-2, (n, size))
         k_scale = k_scale * sign.unsqueeze(-3)
-    q_t = q.unflatten(-2, (n, size)) * q_scale
-    k_t = k.unsqueeze(-3) * k_scale
-    scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2)  # (B, H, N, C, C)
-    return scores.masked_fill(~causal, 0.0)
+    return q.unflatten(-2, (n, size)) * q_scale, k.unsqueeze(-3) * k_scale, ref
+
+
+def _intra_per_key(q, k, g, sign):
+    """Within-chunk attention ``(B, H, N, C, C)`` for a per-key decay ``g`` ``(B, H, N, C, d_k)``."""
+    q_t, k_t, _ = _rebased_per_key(q, k, g, sign)
+    scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2)
+    return scores.masked_fill(~_causal(q.shape[-2], q.device), 0.0)
+
+
+def _chunk_states(decay: Tensor | None, updates: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Chunk-start states from ``S_j = decay_j ⊙ S_{j-1} + U_j`` (engine 2's scan over chunks).
+
+    ``updates`` ``(B, H, N, d_k, d_v)``, ``decay`` broadcastable to it or ``None`` (1).
+    Returns the state before each chunk ``(B, H, N, d_k, d_v)`` and the final state.
+    """
+    updates = updates.transpose(1, 2)
+    decay = torch.ones((), dtype=updates.dtype, device=updates.device) if decay is None else decay.transpose(1, 2)
+    ends, last = linear_scan(decay, updates, h0)
+    first = torch.zeros_like(ends[:, :1]) if h0 is None else h0.unsqueeze(1)
+    return torch.cat([first, ends[:, :-1]], 1).transpose(1, 2), last
 
 
 def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, Tensor]:
-    batch, heads, length, d_k = q.shape
-    d_v = v.shape[-1]
+    length = q.shape[2]
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
     per_key = log_alpha is not None and log_alpha.dim() == 4
@@ -198,41 +223,135 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
             alpha_sign = None if alpha_sign is None else F.pad(alpha_sign, widths, value=1.0)
     chunked = lambda t: None if t is None else t.unflatten(2, (n_chunks, chunk))  # noqa: E731
     q, k, v, log_alpha, alpha_sign = map(chunked, (q, k, v, log_alpha, alpha_sign))
-    time_dim = -2 if per_key else -1
 
-    if log_alpha is None:
-        g = sign = None
-        scores = _intra_scalar(q, k, None, None)
-        q_inter, k_state, chunk_decay = q, k, None
-    else:
-        g = log_alpha.cumsum(time_dim)
-        sign = None if alpha_sign is None else alpha_sign.cumprod(time_dim)
-        g_last = g.narrow(time_dim, chunk - 1, 1)
-        q_factor, k_factor = torch.exp(g), torch.exp(g_last - g)  # both <= 1
-        chunk_decay = torch.exp(g_last.squeeze(time_dim))
+    if log_alpha is None:  # α = 1: plain causal linear attention inside, a running sum across
+        starts, last = _chunk_states(None, k.transpose(-1, -2) @ v, h0)
+        return (q @ starts + _intra_scalar(q, k, None, None) @ v).flatten(2, 3)[:, :, :length], last
+
+    if not per_key:  # scalar decay per head: the C×C decay matrix is formed directly
+        g = log_alpha.cumsum(-1)
+        sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
+        g_last = g[..., -1:]
+        q_factor, k_factor, chunk_decay = torch.exp(g), torch.exp(g_last - g), torch.exp(g_last)
         if sign is not None:
-            sign_last = sign.narrow(time_dim, chunk - 1, 1)
-            q_factor, k_factor = q_factor * sign, k_factor * sign * sign_last
-            chunk_decay = chunk_decay * sign_last.squeeze(time_dim)
-        if per_key:
-            scores = _intra_per_key(q, k, g, sign)
-        else:
-            scores = _intra_scalar(q, k, g, sign)
-            q_factor, k_factor = q_factor[..., None], k_factor[..., None]
-        q_inter, k_state = q * q_factor, k * k_factor
+            q_factor, k_factor = q_factor * sign, k_factor * sign * sign[..., -1:]
+            chunk_decay = chunk_decay * sign[..., -1:]
+        updates = (k * k_factor[..., None]).transpose(-1, -2) @ v
+        starts, last = _chunk_states(chunk_decay[..., None], updates, h0)
+        out = (q * q_factor[..., None]) @ starts + _intra_scalar(q, k, g, sign) @ v
+        return out.flatten(2, 3)[:, :, :length], last
 
-    # chunk-end states S_j = Diag(decay_j) S_{j-1} + K_j^T V_j: engine 2's scan over chunks
-    updates = (k_state.transpose(-1, -2) @ v).transpose(1, 2)  # (B, N, H, d_k, d_v)
-    if chunk_decay is None:
-        decay = torch.ones((), dtype=q.dtype, device=q.device)
-    else:
-        decay = chunk_decay.transpose(1, 2)  # (B, N, H) or (B, N, H, d_k)
-        decay = decay[..., None, None] if not per_key else decay[..., None]
-    ends, last = linear_scan(decay, updates, h0)
-    first = torch.zeros_like(ends[:, :1]) if h0 is None else h0.unsqueeze(1)
-    starts = torch.cat([first, ends[:, :-1]], 1).transpose(1, 2)  # (B, H, N, d_k, d_v)
-    out = q_inter @ starts + scores @ v
+    # per-key decay: q and k re-based per sub-block
+    if _sub_block_size(log_alpha.cumsum(-2)) == chunk:
+        return tuple(_PerKeyChunkwise.apply(q, k, v, log_alpha, alpha_sign, h0, length))
+    # strong decays (some chunk decays by more than e^-MAX_EXPONENT): several sub-blocks per chunk.
+    # The factors that take the chunk-start state into sub-block i (e^{r_i}) and the last
+    # sub-block's keys to the chunk end (e^{g_last - r_last}) act on the small d_k × d_v states.
+    g = log_alpha.cumsum(-2)
+    sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
+    q_t, k_t, ref = _rebased_per_key(q, k, g, sign)
+    g_last = g[..., -1, :]  # (B, H, N, d_k)
+    to_end = torch.exp(g_last - ref[..., -1, 0, :])
+    chunk_decay = torch.exp(g_last)
+    if sign is not None:
+        to_end = to_end * sign[..., -1, :]
+        chunk_decay = chunk_decay * sign[..., -1, :]
+    updates = to_end[..., None] * (k_t[..., -1, :, :].transpose(-1, -2) @ v)
+    starts, last = _chunk_states(chunk_decay[..., None], updates, h0)  # (B, H, N, d_k, d_v)
+    into_block = torch.exp(ref).transpose(-1, -2) * starts.unsqueeze(-3)  # (B, H, N, n, d_k, d_v)
+    scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2).masked_fill(~_causal(chunk, q.device), 0.0)
+    out = (q_t @ into_block).flatten(-3, -2) + scores @ v
     return out.flatten(2, 3)[:, :, :length], last
+
+
+class _PerKeyChunkwise(torch.autograd.Function):
+    """Chunkwise GLA for per-key decays re-based once per chunk, with a hand-written backward.
+
+    Inputs are chunked ``(B, H, N, C, d)``; ``log_alpha`` ``(B, H, N, C, d_k)`` with
+    every chunk's decay range within ``MAX_EXPONENT``. Per chunk, with
+    ``g = cumsum(log α)``, ``r = g_0`` and ``e = σ e^{g - r}``::
+
+        q~ = q ⊙ e,  k~ = k ⊘ e,  A = tril(q~ k~^T)
+        W = σ_C e^{g_C - r} ⊙ (k~^T v),  D = σ_C e^{g_C}         # state update and decay
+        S_end_j = D_j ⊙ S_end_{j-1} + W_j,   S_start_j = S_end_{j-1}   (engine 2 over chunks)
+        o = q~ (e^{r} ⊙ S_start) + A v
+
+    The backward runs the same matmuls transposed and engine 2's reverse scan
+    over chunks; ``d log α`` is the reverse cumulative sum of ``d g``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_alpha, alpha_sign, h0, length):
+        g = log_alpha.cumsum(-2)
+        ref, g_last = g[..., :1, :], g[..., -1:, :]  # (B, H, N, 1, d_k)
+        e_q, e_k = torch.exp(g - ref), torch.exp(ref - g)
+        to_end, decay = torch.exp(g_last - ref), torch.exp(g_last)
+        if alpha_sign is not None:
+            sign = alpha_sign.cumprod(-2)
+            e_q, e_k = e_q * sign, e_k * sign
+            to_end, decay = to_end * sign[..., -1:, :], decay * sign[..., -1:, :]
+        q_t, k_t = q * e_q, k * e_k
+        scores = (q_t @ k_t.transpose(-1, -2)).tril_()
+        updates = k_t.transpose(-1, -2) @ v  # (B, H, N, d_k, d_v)
+        chunk_decay = decay.transpose(-1, -2).expand_as(updates)
+        ends = _scan_forward(chunk_decay.transpose(1, 2), (to_end.transpose(-1, -2) * updates).transpose(1, 2), h0, None)
+        first = torch.zeros_like(ends[:, :1]) if h0 is None else h0.unsqueeze(1)
+        starts = torch.cat([first, ends[:, :-1]], 1).transpose(1, 2)  # (B, H, N, d_k, d_v)
+        e_ref = torch.exp(ref).transpose(-1, -2)  # (B, H, N, d_k, 1)
+        into = e_ref * starts
+        out = q_t @ into + scores @ v
+        ctx.save_for_backward(q_t, k_t, e_q, e_k, v, scores, updates, starts, into, e_ref, to_end, decay, h0)
+        ctx.length = length
+        return out.flatten(2, 3)[:, :, :length], ends[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out, grad_last):
+        q_t, k_t, e_q, e_k, v, scores, updates, starts, into, e_ref, to_end, decay, h0 = ctx.saved_tensors
+        n_chunks, chunk = v.shape[2:4]
+        d_out = F.pad(grad_out, (0, 0, 0, n_chunks * chunk - ctx.length)).unflatten(2, (n_chunks, chunk))
+        # o = q~ into + A v,  A = tril(q~ k~^T)
+        d_scores = (d_out @ v.transpose(-1, -2)).tril_()
+        d_v = scores.transpose(-1, -2) @ d_out
+        d_qt = d_scores @ k_t + d_out @ into.transpose(-1, -2)
+        d_kt = d_scores.transpose(-1, -2) @ q_t
+        d_into = q_t.transpose(-1, -2) @ d_out  # (B, H, N, d_k, d_v)
+        d_ref = (into * d_into).sum(-1)  # into = e^{r} ⊙ S_start
+        d_starts = e_ref * d_into
+        # chunk scan: S_end_j = D_j ⊙ S_end_{j-1} + W_j; S_start_j = S_end_{j-1}; reverse scan for dL/dS_end
+        chunk_decay = decay.transpose(-1, -2).expand_as(updates).transpose(1, 2)  # (B, N, H, d_k, d_v)
+        into_next = torch.zeros_like(chunk_decay)
+        into_next[:, :-1] = d_starts[:, :, 1:].transpose(1, 2)
+        if grad_last is not None:
+            into_next[:, -1] = grad_last
+        d_ends = _scan_backward(chunk_decay, into_next, None, None).transpose(1, 2)  # (B, H, N, d_k, d_v)
+        d_decay = (d_ends * starts).sum(-1)  # (B, H, N, d_k)
+        d_h0 = None if h0 is None else d_starts[:, :, 0] + decay[:, :, 0, 0, :, None] * d_ends[:, :, 0]
+        # W = to_end ⊙ (k~^T v)
+        d_updates = to_end.transpose(-1, -2) * d_ends
+        d_to_end = (updates * d_ends).sum(-1)
+        d_v = d_v + k_t @ d_updates
+        d_kt = d_kt + v @ d_updates.transpose(-1, -2)
+        # q~ = q ⊙ σ e^{g - r}, k~ = k ⊙ σ e^{r - g}, to_end = σ_C e^{g_C - r}, D = σ_C e^{g_C}, r = g_0
+        d_g = d_qt * q_t - d_kt * k_t
+        to_end_grad = to_end[..., 0, :] * d_to_end
+        d_g[..., 0, :] += d_ref - d_g.sum(-2) - to_end_grad
+        d_g[..., -1, :] += to_end_grad + decay[..., 0, :] * d_decay
+        d_log_alpha = d_g.sum(-2, keepdim=True) - d_g.cumsum(-2) + d_g  # reverse cumulative sum
+        return d_qt * e_q, d_kt * e_k, d_v, d_log_alpha, None, d_h0, None
+
+
+def chunk_flops(batch: int, heads: int, length: int, d_k: int, d_v: int, chunk: int | None = None) -> int:
+    """Floating-point operations of the chunkwise forward (matmuls, one chunk-size sub-block).
+
+    Per padded token: ``2 C d_k`` (scores) + ``2 C d_v`` (scores @ v) + ``2 d_k d_v``
+    (q @ state) + ``2 d_k d_v`` (k^T v), the full C×C scores counted (the masked
+    half is computed). The backward runs each matmul twice more: forward+backward
+    is three times this.
+    """
+    chunk = chunk or default_chunk_size(length)
+    padded = -(-length // chunk) * chunk
+    return batch * heads * padded * 2 * (chunk * d_k + chunk * d_v + 2 * d_k * d_v)
 
 
 def default_chunk_size(length: int) -> int:

@@ -10,6 +10,9 @@ tolerance:
 * :func:`linear_scan` - the parallel form, a two-level chunked scan with a
   hand-written backward (a reverse scan), fast on CPU and GPU.
 
+:func:`linear_scan_operator` gives the same map as a lower-triangular T×T
+operator per state entry, ``h_t = Σ_s L[t, s] b_s``.
+
 The chunked scan (Blelloch's scan specialised to two levels, applied
 recursively): cut time into N chunks of C steps. (1) Inside every chunk at
 once, run the recurrence from a zero state, keeping only the chunk's end
@@ -35,13 +38,14 @@ write into preallocated outputs with ``out=``.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .._checks import check_int
 
-__all__ = ["linear_scan", "linear_scan_reference", "default_chunk_size"]
+__all__ = ["linear_scan", "linear_scan_reference", "linear_scan_operator", "default_chunk_size"]
 
 
 # ----------------------------------------------------------------------------
@@ -280,3 +284,35 @@ def linear_scan(
     a, b, h0 = _check_inputs(a, b, h0)
     h, h_last = _LinearScan.apply(a, b, h0, chunk_size)
     return h.to(_result_dtype(out_dtype, h.dtype)), h_last
+
+
+# ----------------------------------------------------------------------------
+# the recurrence as a T×T operator
+
+
+def linear_scan_operator(a: Tensor, shape: Sequence[int] | None = None) -> Tensor:
+    """The scan from a zero state as a lower-triangular operator: ``h_t = Σ_{s<=t} L[:, t, s] ⊙ b_s``.
+
+    ``L[n, t, s, *state] = Π_{r=s+1..t} a_{n,r}`` for ``s <= t`` (1 on the
+    diagonal), 0 above it. ``a`` broadcasts to ``shape = (batch, T, *state)``
+    (default ``a.shape``) as it does to ``b`` in :func:`linear_scan`: a
+    time-invariant transition ``(*state)`` takes ``shape=(1, T, *state)``.
+    Real, negative or complex ``a``; autograd flows to ``a``.
+
+    Computed by the engine itself: :func:`linear_scan` over ``T`` unit impulses
+    at once (the source step ``s`` as an extra state dimension, ``b_t = δ_ts``),
+    so ``L`` is exactly what the scan applies. Memory ``O(batch · T² · state)``.
+
+    Returns:
+        ``L`` of shape ``(batch, T, T, *state)`` (target step, then source step).
+    """
+    shape = tuple(a.shape if shape is None else shape)
+    if len(shape) < 2:
+        raise ValueError(f"linear_scan_operator: `shape` must be (batch, time, *state), got {shape}")
+    try:
+        a = a.expand(shape)
+    except RuntimeError:
+        raise ValueError(f"linear_scan_operator: `a` of shape {tuple(a.shape)} does not broadcast to {shape}") from None
+    batch, length, *state = shape
+    impulses = torch.eye(length, dtype=a.dtype, device=a.device).view(1, length, length, *(1,) * len(state))
+    return linear_scan(a.unsqueeze(2), impulses.expand(batch, length, length, *state))[0]

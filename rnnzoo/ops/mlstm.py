@@ -1,0 +1,168 @@
+"""Engine 3 with exponential input gates and a normaliser: the mLSTM cell of xLSTM.
+
+Beck et al. (2024), "xLSTM: Extended Long Short-Term Memory". Per head, with a
+scalar forget gate ``f_t`` and an exponential input gate ``i_t = exp(ĩ_t)``::
+
+    C_t = f_t C_{t-1} + i_t k_t v_t^T,   n_t = f_t n_{t-1} + i_t k_t
+    h_t = C_t^T q_t / max(|n_t · q_t|, 1)
+
+``i_t`` is unbounded, so both forms carry a stabiliser ``m_t = max(log f_t +
+m_{t-1}, ĩ_t)`` and store ``C̃ = C e^{-m}``, ``ñ = n e^{-m}``; then
+``h_t = C̃_t^T q_t / max(|ñ_t · q_t|, e^{-m_t})``, the same value with every
+exponential ``<= 1``. ``h`` does not depend on ``m``, so the stabiliser's
+running maximum is held constant under differentiation (the gradients stay
+exact, and the stored state is differentiated at fixed ``m``).
+
+The chunkwise form is engine 3's scalar-decay algorithm: inside a chunk, with
+``g_t`` the cumulative ``log f`` and ``a_s = ĩ_s - g_s``, the row stabiliser is
+``m_t = g_t + b_t`` with ``b_t = max(M_prev, max_{s<=t} a_s)``, and key s enters
+row t with weight ``exp(a_s - b_t) <= 1``; the normaliser rides along as a
+column of ones appended to v; chunk-end states pass through engine 2's scan.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import check_int
+from .gated_linear_attention import _causal, _chunk_states, _output_dtype
+
+__all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
+
+State = tuple[Tensor, Tensor, Tensor]  # (C̃ (B, H, d_k, d_v), ñ (B, H, d_k), m (B, H))
+
+
+def _check(q, k, v, log_f, log_i, state, where: str):
+    for name, t in (("q", q), ("k", k), ("v", v), ("log_f", log_f), ("log_i", log_i)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{where}: `{name}` must be a floating-point torch.Tensor")
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"{where}: `q` and `k` must have shape (batch, heads, time, d_k), got {tuple(q.shape)}, {tuple(k.shape)}")
+    batch, heads, length, d_k = q.shape
+    if length == 0:
+        raise ValueError(f"{where}: the time dimension (dim 2) is empty; need at least one step")
+    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{where}: `v` must have shape ({batch}, {heads}, {length}, d_v), got {tuple(v.shape)}")
+    for name, t in (("log_f", log_f), ("log_i", log_i)):
+        if t.shape != (batch, heads, length):
+            raise ValueError(f"{where}: `{name}` must have shape (batch, heads, time) = {(batch, heads, length)}, got {tuple(t.shape)}")
+    if bool((log_f > 0).any()):
+        raise ValueError(f"{where}: `log_f` must be <= 0 (forget gates in (0, 1])")
+    d_v = v.shape[-1]
+    if state is not None:
+        want = ((batch, heads, d_k, d_v), (batch, heads, d_k), (batch, heads))
+        if len(state) != 3 or any(s.shape != w for s, w in zip(state, want)):
+            got = [tuple(s.shape) for s in state]
+            raise ValueError(f"{where}: `state` must be (C {want[0]}, n {want[1]}, m {want[2]}), got {got}")
+    dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    cast = lambda t: t.to(dtype)  # noqa: E731
+    state = None if state is None else tuple(map(cast, state))
+    return cast(q), cast(k), cast(v), cast(log_f), cast(log_i), state
+
+
+def mlstm_reference(
+    q: Tensor, k: Tensor, v: Tensor, log_f: Tensor, log_i: Tensor, state: State | None = None
+) -> tuple[Tensor, State]:
+    """The stabilised mLSTM recurrence, one step at a time.
+
+    Args:
+        q, k: ``(batch, heads, time, d_k)`` (scale q beforehand if wanted).
+        v: ``(batch, heads, time, d_v)``.
+        log_f: log forget gate ``(batch, heads, time)``, ``<= 0``.
+        log_i: input-gate pre-activation ``ĩ`` (log input gate) ``(batch, heads, time)``.
+        state: ``(C̃, ñ, m)`` or ``None`` (zeros, as in xLSTM).
+
+    Returns:
+        ``(h, state)``: ``h`` ``(batch, heads, time, d_v)`` and the final ``(C̃, ñ, m)``.
+    """
+    out_dtype = q.dtype
+    q, k, v, log_f, log_i, state = _check(q, k, v, log_f, log_i, state, "mlstm_reference")
+    batch, heads, _, d_k = q.shape
+    if state is None:
+        state = (q.new_zeros(batch, heads, d_k, v.shape[-1]), q.new_zeros(batch, heads, d_k), q.new_zeros(batch, heads))
+    C, n, m = state
+    outs = []
+    for q_t, k_t, v_t, lf, li in zip(q.unbind(2), k.unbind(2), v.unbind(2), log_f.unbind(2), log_i.unbind(2)):
+        m_new = torch.maximum(lf + m, li).detach()
+        f, i = torch.exp(lf + m - m_new), torch.exp(li - m_new)
+        C = f[..., None, None] * C + i[..., None, None] * (k_t[..., :, None] * v_t[..., None, :])
+        n = f[..., None] * n + i[..., None] * k_t
+        m = m_new
+        num = torch.einsum("bhk,bhkv->bhv", q_t, C)
+        den = (n * q_t).sum(-1).abs().maximum(torch.exp(-m))
+        outs.append(num / den[..., None])
+    return torch.stack(outs, 2).to(_output_dtype(out_dtype)), (C, n, m)
+
+
+def mlstm_chunkwise(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    log_f: Tensor,
+    log_i: Tensor,
+    state: State | None = None,
+    *,
+    chunk_size: int = 64,
+) -> tuple[Tensor, State]:
+    """Chunkwise parallel form of :func:`mlstm_reference` (same arguments and results)."""
+    where = "mlstm_chunkwise"
+    check_int(where, "chunk_size", chunk_size)
+    out_dtype = q.dtype
+    q, k, v, log_f, log_i, state = _check(q, k, v, log_f, log_i, state, where)
+    batch, heads, length, d_k = q.shape
+    d_v = v.shape[-1]
+    chunk = min(chunk_size, length)
+    n_chunks = -(-length // chunk)
+    pad = n_chunks * chunk - length
+    v = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # the normaliser n is the last column of the state
+    if pad:  # padded steps: f = 1, i = 0 (exp(-inf)): they change nothing
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        log_f, log_i = F.pad(log_f, (0, pad)), F.pad(log_i, (0, pad), value=float("-inf"))
+    q, k, v, log_f, log_i = (t.unflatten(2, (n_chunks, chunk)) for t in (q, k, v, log_f, log_i))
+    if state is None:
+        state = (q.new_zeros(batch, heads, d_k, d_v), q.new_zeros(batch, heads, d_k), q.new_zeros(batch, heads))
+    C0, n0, m0 = state
+
+    g = log_f.cumsum(-1)  # (B, H, N, C)
+    g_last = g[..., -1]
+    a = log_i - g  # key s enters row t with log weight a_s + g_t
+    with torch.no_grad():  # stabilisers: chunk-end M_j = max(M_{j-1} + g_last_j, max_s a_s + g_last_j)
+        chunk_max = a.amax(-1) + g_last
+        ends, M = [], m0
+        for g_j, c_j in zip(g_last.unbind(-1), chunk_max.unbind(-1)):
+            M = torch.maximum(M + g_j, c_j)
+            ends.append(M)
+        M_end = torch.stack(ends, -1)  # (B, H, N)
+        M_prev = torch.cat([m0[..., None], M_end[..., :-1]], -1)
+        b = torch.maximum(M_prev[..., None], a.cummax(-1).values)  # row stabiliser m_t = g_t + b_t
+    causal = _causal(chunk, q.device)
+    weights = torch.exp((a[..., None, :] - b[..., :, None]).masked_fill(~causal, float("-inf")))
+    intra = (q @ k.transpose(-1, -2)) * weights
+    # chunk-end states, stored relative to M_end: decay e^{M_prev + g_last - M_end}, keys e^{a_s + g_last - M_end}
+    decay = torch.exp(M_prev + g_last - M_end)
+    updates = (k * torch.exp(a + (g_last - M_end)[..., None])[..., None]).transpose(-1, -2) @ v
+    S0 = torch.cat([C0, n0[..., None]], -1)
+    starts, last = _chunk_states(decay[..., None, None], updates, S0)
+    out = torch.exp(M_prev[..., None] - b)[..., None] * (q @ starts) + intra @ v  # (B, H, N, C, d_v + 1)
+    m = g + b  # b is a constant; m keeps its dependence on g (through the floor e^{-m})
+    h = out[..., :d_v] / out[..., d_v:].abs().maximum(torch.exp(-m)[..., None])
+    h = h.flatten(2, 3)[:, :, :length]
+    return h.to(_output_dtype(out_dtype)), (last[..., :d_v], last[..., d_v], M_end[..., -1])
+
+
+def mlstm_operator(q: Tensor, k: Tensor, log_f: Tensor, log_i: Tensor) -> Tensor:
+    """The mLSTM's T×T operator from a zero state: ``h = M @ v``.
+
+    ``M[t, s] = w_ts (q_t · k_s) / max(|Σ_s' w_ts' (q_t · k_s')|, 1)`` for ``s <= t``,
+    with ``w_ts = i_s Π_{r=s+1..t} f_r``; computed with a per-row maximum so no
+    exponential exceeds 1. Returns ``(batch, heads, T, T)``.
+    """
+    q, k, _, log_f, log_i, _ = _check(q, k, q[..., :1], log_f, log_i, None, "mlstm_operator")
+    g = log_f.cumsum(-1)
+    causal = _causal(q.shape[2], q.device)
+    log_w = (log_i[..., None, :] - g[..., None, :] + g[..., :, None]).masked_fill(~causal, float("-inf"))
+    m = log_w.amax(-1, keepdim=True).detach()
+    scores = (q @ k.transpose(-1, -2)) * torch.exp(log_w - m)
+    return scores / scores.sum(-1, keepdim=True).abs().maximum(torch.exp(-m))
