@@ -73,7 +73,7 @@ BASELINES = ("cumsum", "nn.GRU", "nn.LSTM", MATMUL)
 BASELINE_MODE = "torch"
 STEP = "step"  # the mode of step rows
 ANY = "*"  # a bar's target or vs target matching any
-QUICK_LAYER_SHAPE = (8, 1024, 64)  # (B, T, d) at which --quick times every registered layer
+QUICK_LAYER_SHAPE = (8, 512, 64)  # (B, T, d) at which --quick times every registered layer (keeps --quick < 2 min)
 STEP_CONTEXTS = (1024, 65536)  # the step bar's contexts (batch 1, d_model 64)
 STEP_WARMUP = 10  # untimed steps before a step row's timed ones
 
@@ -381,15 +381,20 @@ def time_fns(
     device: torch.device,
 ) -> list[tuple[float, float, int]]:
     """Time each of ``fns`` in turn, round-robin, so that drift in the machine's speed hits them alike:
-    ``warmup`` untimed rounds, then rounds until each has at least ``repeats`` calls and ``budget_s`` seconds
-    per function have passed.
+    untimed rounds (at least ``warmup``, and for ``budget_s`` seconds per function), then rounds until each
+    has at least ``repeats`` calls and ``budget_s`` seconds per function have passed.
 
-    Slow functions thus get ``repeats`` calls and fast ones many. Returns (median ms, min ms, calls) per function.
+    The timed warm-up matters on CPU: the first calls that allocate large tensors pay page faults until the
+    C allocator's dynamic mmap threshold has grown past their size (measured: GLA's first ~15 forwards take
+    1.5x the steady-state time). Slow functions get ``repeats`` calls and fast ones many.
+    Returns (median ms, min ms, calls) per function.
     """
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
+    start, rounds = time.perf_counter(), 0
+    while rounds < warmup or time.perf_counter() - start < budget_s * len(fns):
         for fn in fns:
             fn()
+        rounds += 1
     sync()
     times: list[list[float]] = [[] for _ in fns]
     start = time.perf_counter()
@@ -638,9 +643,9 @@ def _bar_line(r: Record, by_spec: dict[Spec, Record]) -> str:
     if r.ratio_gflops is not None:
         loop, vs_loop = by_spec.get(dataclasses.replace(r.spec, mode="recurrent")), ""
         if loop is not None and loop.fwd_bwd_ms is not None:
-            vs_loop = f"; recurrent / {r.mode} fwd+bwd: {loop.fwd_bwd_ms / r.fwd_bwd_ms:.1f}x"
+            vs_loop = f"; recurrent {loop.fwd_bwd_ms / r.fwd_bwd_ms:.1f}x slower"
         return (
-            f"bar: {_label(r.target, r.mode)} fwd+bwd GFLOP/s at {_shape(r.spec.config[:3])} / {vs.target} at "
+            f"bar: {_label(r.target, r.mode)} / {vs.target} GFLOP/s fwd+bwd at {_shape(r.spec.config[:3])} / "
             f"{_shape(r.vs_shape)}: {r.gflops:.1f} / {vs.gflops:.1f} = {r.ratio_gflops:.2f} (need {r.bar}) "
             f"{_mark(r.bar_pass)}{vs_loop}"
         )
