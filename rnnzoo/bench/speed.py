@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..ops import gated_linear_attention, gated_linear_attention_reference, linear_scan, linear_scan_reference
 from ..layers.base import RecurrentState
+from ..ops.delta_rule import delta_rule, delta_rule_flops, delta_rule_reference
 from ..ops.gated_linear_attention import chunk_flops
 from ..registry import create, list_models, model_info
 
@@ -67,7 +68,9 @@ __all__ = [
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 ENGINE = "linear_scan"
 GLA = "gated_linear_attention"  # engine 3
-GLA_HEADS = 4  # the engine's (B, T, d) workload runs H = 4 heads of d_k = d_v = d / 4
+DELTA = "delta_rule"  # engine 4
+HEAD_ENGINES = (GLA, DELTA)  # engines timed on (B, H, T, d / H) heads
+GLA_HEADS = 4  # these engines' (B, T, d) workload runs H = 4 heads of d_k = d_v = d / 4
 MATMUL = "matmul"
 BASELINES = ("cumsum", "nn.GRU", "nn.LSTM", MATMUL)
 BASELINE_MODE = "torch"
@@ -199,6 +202,8 @@ BARS = (
     Bar("nn.GRU", BASELINE_MODE, "mingru", "scan", (8, 512, 256), ">=", 4),
     # engine 3 at B=4, H=4, T=2048, d_k=d_v=64: fwd+bwd FLOP rate at least 40% of a 2048² matmul's
     Bar(GLA, "chunk", MATMUL, BASELINE_MODE, (4, 2048, GLA_HEADS * 64), ">=", 0.4, vs_shape=(1, 2048, 2048), rate=True),
+    # the gated delta rule engine at >= 30% of it (B=4, H=4, T=1024, d_k=d_v=64)
+    Bar(DELTA, "chunk", MATMUL, BASELINE_MODE, (4, 1024, GLA_HEADS * 64), ">=", 0.3, vs_shape=(1, 2048, 2048), rate=True),
     # any layer's step: time per token after 64k tokens of context within 10% of after 1k, state bytes constant
     Bar(ANY, STEP, ANY, STEP, (1, STEP_CONTEXTS[1], 64), "±", 0.1, vs_shape=(1, STEP_CONTEXTS[0], 64)),
 )
@@ -210,7 +215,7 @@ BARS = (
 
 def target_names() -> list[str]:
     """Every timeable target: the registered layers, the engines, the baselines."""
-    return [*(m.name for m in list_models()), ENGINE, GLA, *BASELINES]
+    return [*(m.name for m in list_models()), ENGINE, *HEAD_ENGINES, *BASELINES]
 
 
 def target_modes(target: str) -> tuple[str, ...]:
@@ -218,7 +223,7 @@ def target_modes(target: str) -> tuple[str, ...]:
     timed by :func:`step_specs`)."""
     if target == ENGINE:
         return ("scan", "recurrent")
-    if target == GLA:
+    if target in HEAD_ENGINES:
         return ("chunk", "recurrent")
     if target in BASELINES:
         return (BASELINE_MODE,)
@@ -238,8 +243,9 @@ def make_specs(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     offered = {target: target_modes(target) for target in targets}
-    if GLA in offered and shape[2] % GLA_HEADS:
-        raise ValueError(f"{GLA} splits d over {GLA_HEADS} heads: d must be a multiple of {GLA_HEADS}, got {shape[2]}")
+    for engine in HEAD_ENGINES:
+        if engine in offered and shape[2] % GLA_HEADS:
+            raise ValueError(f"{engine} splits d over {GLA_HEADS} heads: d must be a multiple of {GLA_HEADS}, got {shape[2]}")
     for mode in modes or ():
         if not any(mode in offers for offers in offered.values()):
             valid = sorted({m for offers in offered.values() for m in offers})
@@ -292,7 +298,7 @@ def comparison(spec: Spec, specs: Sequence[Spec]) -> Spec | None:
         candidates = [s for s in same if s.target == spec.target and s.mode != STEP]
     elif spec.target == ENGINE:
         candidates = [s for s in same if s.target == "cumsum"]
-    elif spec.target == GLA:  # the machine's matmul rate, at any shape
+    elif spec.target in HEAD_ENGINES:  # the machine's matmul rate, at any shape
         candidates = [s for s in others if s.target == MATMUL and s.dtype == spec.dtype]
     elif spec.target in ("nn.GRU", "nn.LSTM"):
         layers = {m.name for m in list_models()}
@@ -335,6 +341,18 @@ def _gla_workload(spec: Spec, device: torch.device) -> Workload:
     return (lambda: attend(q, k, v, log_alpha)[0]), [q, k, v, log_alpha]
 
 
+def _delta_workload(spec: Spec, device: torch.device) -> Workload:
+    """Gated DeltaNet's workload: q, v random, k L2-normalised, β = σ(randn), log α = -softplus(randn) / 16."""
+    shape = (spec.batch, GLA_HEADS, spec.length, spec.d_model // GLA_HEADS)
+    dtype = DTYPES[spec.dtype]
+    q, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    k = F.normalize(torch.randn(shape, device=device, dtype=dtype), dim=-1).requires_grad_()
+    gates = torch.randn(2, *shape[:3], device=device, dtype=dtype)
+    beta, log_alpha = torch.sigmoid(gates[0]).requires_grad_(), (-F.softplus(gates[1]) / 16).requires_grad_()
+    rule = delta_rule if spec.mode == "chunk" else delta_rule_reference
+    return (lambda: rule(q, k, v, beta, log_alpha)[0]), [q, k, v, beta, log_alpha]
+
+
 def _matmul_workload(spec: Spec, device: torch.device) -> Workload:
     dtype = DTYPES[spec.dtype]
     x = torch.randn(spec.batch * spec.length, spec.d_model, device=device, dtype=dtype)
@@ -359,6 +377,8 @@ def _workload(spec: Spec, device: torch.device) -> Workload:
         return _engine_workload(spec, device)
     if spec.target == GLA:
         return _gla_workload(spec, device)
+    if spec.target == DELTA:
+        return _delta_workload(spec, device)
     if spec.target == MATMUL:
         return _matmul_workload(spec, device)
     if spec.target == "cumsum":
@@ -416,9 +436,10 @@ def flop_count(spec: Spec, backward: bool) -> int | None:
     """FLOPs of one forward (``backward=False``) or forward+backward call of ``spec``, None where no count applies."""
     if spec.target == MATMUL:
         return 2 * spec.batch * spec.length * spec.d_model**2
-    if (spec.target, spec.mode) == (GLA, "chunk"):
+    if spec.target in HEAD_ENGINES and spec.mode == "chunk":
         d_head = spec.d_model // GLA_HEADS
-        return (3 if backward else 1) * chunk_flops(spec.batch, GLA_HEADS, spec.length, d_head, d_head)
+        count = chunk_flops if spec.target == GLA else delta_rule_flops
+        return (3 if backward else 1) * count(spec.batch, GLA_HEADS, spec.length, d_head, d_head)
     return None
 
 

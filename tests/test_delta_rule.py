@@ -1,0 +1,125 @@
+"""Engine 4: the chunkwise (WY) delta rule equals the reference loop (outputs, final state, gradients)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rnnzoo.ops.delta_rule import delta_rule, delta_rule_reference
+
+
+def make_inputs(batch, heads, length, d_k, d_v, beta_max=1.0, gated=True, decay=1.0, h0=True, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    q = rand(batch, heads, length, d_k)
+    k = F.normalize(rand(batch, heads, length, d_k), dim=-1)
+    v = rand(batch, heads, length, d_v)
+    beta = beta_max * torch.rand(batch, heads, length, generator=gen, dtype=torch.float64)
+    log_alpha = -decay * torch.rand(batch, heads, length, generator=gen, dtype=torch.float64) if gated else None
+    state = rand(batch, heads, d_k, d_v) if h0 else None
+    return tuple(None if t is None else t.to(dtype) for t in (q, k, v, beta, log_alpha, state))
+
+
+def outputs_and_grads(fn, inputs, **kw):
+    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in inputs]
+    out, last = fn(*leaves, **kw)
+    gen = torch.Generator().manual_seed(1)
+    loss = (out * torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)).sum()
+    loss = loss + (last * torch.randn(last.shape, generator=gen, dtype=torch.float64).to(last.dtype)).sum()
+    return [out, last, *torch.autograd.grad(loss, [t for t in leaves if t is not None])]
+
+
+def assert_chunk_matches_reference(inputs, rtol=1e-8, atol=1e-10, **kw):
+    got = outputs_and_grads(delta_rule, inputs, **kw)
+    want = outputs_and_grads(delta_rule_reference, inputs)
+    for i, (x, y) in enumerate(zip(got, want)):
+        torch.testing.assert_close(x.detach(), y.detach(), rtol=rtol, atol=atol, msg=lambda m: f"output {i}: {m}")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    heads=st.integers(1, 2),
+    length=st.integers(1, 140),
+    d_k=st.integers(1, 6),
+    d_v=st.integers(1, 5),
+    beta_max=st.sampled_from([1.0, 2.0]),
+    gated=st.booleans(),
+    h0=st.booleans(),
+    chunk=st.sampled_from([None, 1, 5, 16, 64]),
+    seed=st.integers(0, 2**16),
+)
+def test_chunk_matches_reference_random_shapes(batch, heads, length, d_k, d_v, beta_max, gated, h0, chunk, seed):
+    inputs = make_inputs(batch, heads, length, d_k, d_v, beta_max, gated, h0=h0, seed=seed)
+    assert_chunk_matches_reference(inputs, chunk_size=chunk)
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 257])
+@pytest.mark.parametrize("beta_max", [1.0, 2.0])
+def test_edge_lengths_and_beta_range(length, beta_max, device):
+    inputs = make_inputs(2, 2, length, 8, 4, beta_max, seed=length)
+    assert_chunk_matches_reference(tuple(None if t is None else t.to(device) for t in inputs))
+
+
+@pytest.mark.parametrize("beta_value", [0.0, 2.0])
+def test_beta_at_the_ends(beta_value):
+    """β = 0 leaves the state unchanged; β = 2 reflects it (eigenvalue -1 along k)."""
+    q, k, v, _, log_alpha, h0 = make_inputs(1, 1, 70, 4, 3, gated=False)
+    beta = torch.full((1, 1, 70), beta_value, dtype=torch.float64)
+    assert_chunk_matches_reference((q, k, v, beta, log_alpha, h0))
+    _, last = delta_rule(q[:, :, :1], k[:, :, :1], torch.zeros_like(v[:, :, :1]), beta[:, :, :1], None, h0)
+    k0 = k[0, 0, 0]
+    want = h0[0, 0] - beta_value * torch.outer(k0, k0 @ h0[0, 0])
+    torch.testing.assert_close(last[0, 0], want)
+
+
+@pytest.mark.parametrize("decay", [1e-8, 5.0, 1e4])
+def test_decay_strengths(decay):
+    inputs = make_inputs(1, 2, 150, 4, 3, beta_max=2.0, decay=decay, seed=3)
+    assert_chunk_matches_reference(inputs)
+
+
+def test_gradcheck():
+    inputs = make_inputs(1, 2, 19, 3, 2, beta_max=2.0, seed=5)
+    leaves = [t.requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(lambda *t: delta_rule(*t, chunk_size=8), leaves)
+
+
+def test_long_sequence_finite(device):
+    """T = 65,536 in float32 with β up to 2 and decays near 1 and near 0."""
+    for decay in (1e-6, 20.0):
+        q, k, v, beta, log_alpha, _ = make_inputs(1, 1, 65536, 4, 4, beta_max=2.0, decay=decay, h0=False, dtype=torch.float32)
+        leaves = [t.to(device).requires_grad_(True) for t in (q, k, v, beta, log_alpha)]
+        out, last = delta_rule(*leaves)
+        (out.sum() + last.sum()).backward()
+        for t in (out, last, *(x.grad for x in leaves)):
+            assert torch.isfinite(t).all()
+
+
+def test_float32_matches_float64_reference():
+    inputs = make_inputs(2, 2, 300, 16, 8, beta_max=2.0, seed=9)
+    want, _ = delta_rule_reference(*inputs)
+    got, _ = delta_rule(*(None if t is None else t.float() for t in inputs))
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs():
+    q = torch.randn(1, 2, 5, 3)
+    beta = torch.rand(1, 2, 5)
+    with pytest.raises(ValueError, match=r"`beta` must lie in \[0, 2\]"):
+        delta_rule(q, q, q, beta + 2.5)
+    with pytest.raises(ValueError, match="`beta` must have shape"):
+        delta_rule(q, q, q, beta[..., :4])
+    with pytest.raises(ValueError, match="`log_alpha` must be <= 0"):
+        delta_rule_reference(q, q, q, beta, torch.ones(1, 2, 5))
+    with pytest.raises(ValueError, match="`h0` must have shape"):
+        delta_rule(q, q, q, beta, None, torch.zeros(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="`q` and `k` must have shape"):
+        delta_rule(q[0], q[0], q[0], beta)
+    with pytest.raises(ValueError, match="time dimension"):
+        delta_rule(q[:, :, :0], q[:, :, :0], q[:, :, :0], beta[:, :, :0])
+    with pytest.raises(TypeError, match="floating-point"):
+        delta_rule(q.long(), q, q, beta)
