@@ -4,6 +4,7 @@ Importing this package registers every layer with :mod:`rnnzoo.registry`.
 """
 
 from .base import DiagonalState, MatrixState, RecurrentState, SequenceLayer
+from .deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 from .gla import GLA
 from .hgrn import HGRN
 from .hgrn2 import HGRN2
@@ -19,6 +20,6 @@ from .s4d import S4D
 
 __all__ = [
     "DiagonalState", "MatrixState", "RecurrentState", "SequenceLayer",
-    "GLA", "HGRN", "HGRN2", "Hawk", "LinearAttention", "LRU", "MLSTM", "Mamba", "Mamba2", "MinGRU", "MinLSTM",
-    "RetNet", "S4D",
+    "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN", "HGRN2", "Hawk", "LinearAttention", "LRU", "MLSTM",
+    "Mamba", "Mamba2", "MinGRU", "MinLSTM", "RetNet", "S4D",
 ]  # fmt: skip

@@ -29,7 +29,7 @@ from ..ops import (
 
 __all__ = [
     "RecurrentState", "DiagonalState", "MatrixState", "SequenceLayer", "state_dtype", "diagonal_recurrence",
-    "matrix_recurrence", "widen_log_decay", "diagonal_operator", "channel_groups",
+    "matrix_recurrence", "widen_log_decay", "decay_eigenvalues", "diagonal_operator", "channel_groups",
 ]  # fmt: skip
 
 
@@ -110,6 +110,15 @@ def widen_log_decay(log_alpha: Tensor) -> tuple[Tensor, Tensor]:
     return torch.log(widened.abs().clamp_min(torch.finfo(widened.dtype).tiny)), widened < 0
 
 
+def decay_eigenvalues(log_alpha: Tensor, alpha_sign: Tensor | None = None) -> Tensor:
+    """Engine 3's decay ``α_t`` as transition eigenvalues: ``±exp(log_alpha)`` (negative where
+    ``alpha_sign``), from the engine's layout ``(batch, heads, time[, d_k])`` to ``(batch, time, heads[, d_k])``."""
+    alpha = torch.exp(log_alpha)
+    if alpha_sign is not None:
+        alpha = torch.where(alpha_sign, -alpha, alpha)
+    return alpha.transpose(1, 2)
+
+
 def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:
     """Dtype a recurrent state is kept in: float32 for half-precision inputs, else the input's."""
     if dtype in (torch.float16, torch.bfloat16):
@@ -185,6 +194,29 @@ class SequenceLayer(nn.Module):
         mixer's output ``(batch, groups, T, d_v)`` computed by the parallel form, so ``materialize(x) @ V == Y``."""
         self._check_input(x, "x", ("batch", "time", "d_model"))
         return self._mixer_io(x)
+
+    def transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """Eigenvalues of each token's state transition ``A_t`` (in ``S_t = A_t S_{t-1} + B_t``) for input
+        ``x`` ``(batch, time, d_model)``.
+
+        Returns ``(batch, time, *)`` in the state dtype: real, complex for complex
+        transitions (LRU, S4D). The trailing dims are documented per layer:
+
+        * engine 2 (diagonal): ``a_t`` itself, one eigenvalue per state element;
+        * engine 3 (gated linear attention): ``α_t`` per head, or per head and key
+          dim (each repeated ``d_v`` times in ``A_t``), signed when ``negative_eigenvalues=True``;
+        * engine 4 (delta rule, ``A_t = α_t (I - β_t k_t k_t^T)`` with ``|k_t| = 1``):
+          per head, ``α_t`` (on the complement of ``k_t``) and ``α_t (1 - β_t)`` (on ``k_t``).
+
+        A model that can track state (``negative_eigenvalues=True``) gives values in
+        ``[-1, 1]``, some negative for some input; otherwise they lie in ``[0, 1]``
+        (modulus ``<= 1`` for complex transitions).
+        """
+        self._check_input(x, "x", ("batch", "time", "d_model"))
+        return self._transition_eigenvalues(x)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not report its transition eigenvalues")
 
     @classmethod
     def has_operator(cls) -> bool:

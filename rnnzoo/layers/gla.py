@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import MatrixState, SequenceLayer, matrix_recurrence, state_dtype, widen_log_decay
+from .base import MatrixState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype, widen_log_decay
 from .linear_attention import head_size, split_heads
 from .retnet import norm_gate
 
@@ -114,6 +114,10 @@ class GLA(SequenceLayer):
         """``M[b, h, t, s] = Σ_d q_td k_sd Π_{r=s+1..t} α_rd`` for ``s <= t``. Groups are the heads."""
         q, k, _, log_alpha, sign = self._qkv_decay(x)
         return gla_operator(q, k, log_alpha, alpha_sign=sign)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``α_t`` (or ``2 α_t - 1``) per head and key dim, ``(batch, T, heads, d_k)``."""
+        return decay_eigenvalues(*self._qkv_decay(x)[3:])
 
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, o)`` per head, before the norm and the gate."""

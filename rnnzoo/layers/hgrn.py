@@ -96,6 +96,10 @@ class HGRN(SequenceLayer):
         a, w, *_ = self._gates(x)
         return diagonal_operator(a, w)
 
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``a_t`` ``(batch, T, d_hidden)``: ``f_t``, or ``2 f_t - 1``."""
+        return self._gates(x)[0]
+
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``V = c_t = SiLU(W_c x_t)``, ``Y = h_t`` (before the norm and the gate), ``(batch, d_hidden, T, 1)``."""
         v, h, *_ = self._mix(x, None, "scan")

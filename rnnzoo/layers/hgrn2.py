@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import MatrixState, SequenceLayer, matrix_recurrence, state_dtype, widen_log_decay
+from .base import MatrixState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype, widen_log_decay
 
 __all__ = ["HGRN2"]
 
@@ -111,6 +111,10 @@ class HGRN2(SequenceLayer):
         """``M`` ``(batch, num_heads, T, T)``: ``M[t, s] = Σ_d q_td k_sd Π_{r=s+1..t} α_rd`` (``α = f`` or ``2f - 1``)."""
         q, k, _, log_alpha, sign = self._engine_inputs(x)
         return gla_operator(q, k, log_alpha, alpha_sign=sign)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``f_t`` (or ``2 f_t - 1``) per head and key dim, ``(batch, T, num_heads, expand_ratio)``."""
+        return decay_eigenvalues(*self._engine_inputs(x)[3:])
 
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, o)``: the inputs ``W_i x`` and the outputs before the norm, ``(batch, num_heads, T, expand_ratio)``."""

@@ -105,6 +105,10 @@ class LinearAttention(SequenceLayer):
         M = gla_operator(q, k)
         return M / (M.sum(-1, keepdim=True) + NORMALIZER_EPS) if self.normalize else M
 
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``α = 1`` (the transition is the identity) per head, ``(batch, T, heads)``."""
+        return torch.ones(*x.shape[:2], self.num_heads, dtype=state_dtype(x.dtype), device=x.device)
+
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, o)`` per head, before the output projection."""
         q, k, v = self._qkv(x)

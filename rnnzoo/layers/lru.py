@@ -113,6 +113,10 @@ class LRU(SequenceLayer):
         L = linear_scan_operator(self.eigenvalues(), (1, x.shape[1], self.d_state))
         return L.movedim(-1, 1).expand(x.shape[0], -1, -1, -1)
 
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``λ`` (complex, ``|λ| < 1``) at every token, ``(batch, T, d_state)``."""
+        return self.eigenvalues().expand(*x.shape[:2], -1)
+
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``V = γ ⊙ B x_t``, ``Y = h_t`` (before the readout ``Re(C h_t) + D x_t``), complex,
         ``(batch, d_state, T, 1)``."""

@@ -164,6 +164,10 @@ class Mamba(SequenceLayer):
         M = torch.einsum("btsdn,btn->bdts", linear_scan_operator(a) * w.unsqueeze(1), C)
         return M + torch.diag_embed(self.D.to(M.dtype).unsqueeze(-1).expand(-1, x.shape[1]))
 
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``a_t = exp(Δ_t A)`` (or ``2 exp(Δ_t A) - 1``), ``(batch, T, d_inner, d_state)``."""
+        return self._discretize(self._branches(x)[0])[0]
+
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``V = u_t`` (the conv output), ``Y = C_t · h_t + D ⊙ u_t`` (before the SiLU(z) gate),
         ``(batch, d_inner, T, 1)``."""

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, matrix_recurrence, state_dtype, widen_log_decay
+from .base import RecurrentState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype, widen_log_decay
 from .conv import CausalConv1d
 
 __all__ = ["Mamba2", "Mamba2State"]
@@ -169,6 +169,10 @@ class Mamba2(SequenceLayer):
         """``M`` ``(batch, num_heads, T, T)``: ``M[t, s] = C_t · B_s Π_{r=s+1..t} α_r`` (SSD's matrix without Δ)."""
         q, k, _, log_alpha, sign, *_ = self._engine_inputs(x)
         return gla_operator(q, k, log_alpha, alpha_sign=sign)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``α_t = exp(Δ_t A_h)`` (or ``2 α_t - 1``) per head, ``(batch, T, num_heads)``."""
+        return decay_eigenvalues(*self._engine_inputs(x)[3:5])
 
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(Δ x, SSD output before the D skip)``, both ``(batch, num_heads, T, headdim)``."""

@@ -70,6 +70,10 @@ class _MinRNN(SequenceLayer):
         a, w, _ = self._gates(x)
         return diagonal_operator(a, w)
 
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``a_t`` ``(batch, T, d_hidden)``: ``1 - z_t`` (minGRU) or ``f'_t`` (minLSTM), or ``2 a_t - 1``."""
+        return self._gates(x)[0]
+
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``V = h~_t`` (the candidate), ``Y = h_t`` (the state, before ``out_proj``), ``(batch, d_hidden, T, 1)``."""
         v, h, _ = self._mix(x, None, "scan")

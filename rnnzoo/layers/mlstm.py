@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.mlstm import mlstm_chunkwise, mlstm_operator, mlstm_reference
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, state_dtype
+from .base import RecurrentState, SequenceLayer, decay_eigenvalues, state_dtype
 from .conv import CausalConv1d
 
 __all__ = ["MLSTM", "MLSTMState"]
@@ -141,6 +141,11 @@ class MLSTM(SequenceLayer):
         """``(batch, heads, T, T)``: the normalised, gated attention the cell applies to ``v``."""
         q, k, _, log_f, log_i, *_ = self._cell_inputs(x, None)
         return mlstm_operator(q, k, log_f, log_i)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """The forget gate ``f_t = σ(f̃_t)`` per head, ``(batch, T, heads)`` (the transition of the true memory
+        ``C = C̃ e^m``; the stabiliser only rescales the stored ``C̃``)."""
+        return decay_eigenvalues(self._cell_inputs(x, None)[3])
 
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, h)`` per head ``(batch, heads, T, d_head)``: the cell's values and its output (chunk form)."""

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, matrix_recurrence, state_dtype
+from .base import RecurrentState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype
 from .linear_attention import head_size, merge_heads, split_heads
 
 __all__ = ["RetNet", "RetNetState"]
@@ -139,6 +139,10 @@ class RetNet(SequenceLayer):
         Groups are the heads."""
         q, k, _, log_gamma = self._qkv_decay(x, None)
         return gla_operator(q, k, log_gamma)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``γ_h`` per head at every token, ``(batch, T, heads)``."""
+        return decay_eigenvalues(self._qkv_decay(x, None)[3])
 
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(v, o)`` per head, before the norm and the gate (from position 0)."""

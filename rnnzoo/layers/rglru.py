@@ -157,6 +157,10 @@ class Hawk(SequenceLayer):
             one_minus_a2 = -torch.expm1(2 * log_a)
         return a, _SqrtBoundedGrad.apply(one_minus_a2) * i
 
+    def _conv_input(self, x: Tensor) -> Tensor:
+        """The RG-LRU's input ``u = CausalConv1d(in_proj(x))`` from a zero conv state."""
+        return self.conv(self.in_proj(x))[0]
+
     def _rg_lru(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
         """The RG-LRU over the conv output ``u``: ``(h, h_last)``."""
         a, w = self._transition(u)
@@ -170,12 +174,16 @@ class Hawk(SequenceLayer):
 
     def _materialize(self, x: Tensor) -> Tensor:
         """``M[b, c, t, s] = w_{s,c} Π_{r=s+1..t} a_{r,c}``, one group per RG-LRU channel ``(batch, d_rnn, T, T)``."""
-        return diagonal_operator(*self._transition(self.conv(self.in_proj(x))[0]))
+        return diagonal_operator(*self._transition(self._conv_input(x)))
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``a_t = a^{c r_t}`` (or ``2 a_t - 1``), ``(batch, T, d_rnn)``."""
+        return self._transition(self._conv_input(x))[0]
 
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``V = u_t`` (the conv output), ``Y = h_t`` (the RG-LRU output, before the GeLU gate),
         ``(batch, d_rnn, T, 1)``."""
-        u = self.conv(self.in_proj(x))[0]
+        u = self._conv_input(x)
         return channel_groups(u.to(state_dtype(u.dtype)), self._rg_lru(u, None, "scan")[0])
 
     def extra_repr(self) -> str:

@@ -115,6 +115,11 @@ class S4D(SequenceLayer):
         M = M + torch.diag_embed(self.D.to(M.dtype).unsqueeze(-1).expand(-1, x.shape[1]))
         return M.expand(x.shape[0], -1, -1, -1)
 
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """``Ā = exp(ΔA)`` (complex, ``|Ā| < 1``; conjugates implied) at every token,
+        ``(batch, T, d_model, d_state // 2)``."""
+        return self.discretize()[1].expand(*x.shape[:2], -1, -1)
+
     def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``V = x_t``, ``Y = z_t`` (the SSM output with the skip term, before the GELU), ``(batch, d_model, T, 1)``."""
         u = x.to(state_dtype(x.dtype))

@@ -1,0 +1,365 @@
+"""DeltaNet, Gated DeltaNet and DeltaProduct: the delta rule (engine 4) as token mixers.
+
+* DeltaNet: Schlag, Irie, Schmidhuber (2021), "Linear Transformers Are Secretly
+  Fast Weight Programmers"; Yang, Wang, Zhang, Shen, Kim (2024), "Parallelizing
+  Linear Transformers with the Delta Rule over Sequence Length".
+* Gated DeltaNet: Yang, Kautz, Hatamizadeh (2024), "Gated Delta Networks:
+  Improving Mamba2 with Delta Rule".
+* DeltaProduct: Siems, Carstensen, Zela, Hutter, Pontil, Grazzi (2025),
+  "DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products".
+
+One shell, as flash-linear-attention's ``fla/layers/delta_net.py``,
+``gated_deltanet.py`` and ``gated_deltaproduct.py``; the three differ in the
+decay, the output gate and the number of Householder steps per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_int
+from ..ops.delta_rule import delta_rule, delta_rule_reference
+from ..registry import register
+from .base import RecurrentState, SequenceLayer, state_dtype
+from .conv import CausalConv1d
+from .linear_attention import head_size, merge_heads, split_heads
+from .mamba2 import DT_INIT_FLOOR
+from .retnet import norm_gate
+
+__all__ = ["DeltaNet", "DeltaNetState", "DeltaProduct", "GatedDeltaNet", "delta_recurrence"]
+
+L2_NORM_EPS = 1e-6  # q, k <- u / sqrt(|u|^2 + eps), as fla's l2norm
+
+
+def delta_recurrence(
+    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tensor | None, S0: Tensor | None, mode: str
+) -> tuple[Tensor, Tensor]:
+    """Engine 4 by mode: the chunkwise form (``"chunk"``) or the reference loop (``"recurrent"``).
+
+    Shapes as :func:`rnnzoo.ops.delta_rule.delta_rule_reference`.
+    """
+    return (delta_rule if mode == "chunk" else delta_rule_reference)(q, k, v, beta, log_alpha, S0)
+
+
+def l2_normalize(u: Tensor) -> Tensor:
+    """``u / sqrt(|u|^2 + ε)`` over the last dim."""
+    return u * torch.rsqrt(u.square().sum(-1, keepdim=True) + L2_NORM_EPS)
+
+
+def interleave(t: Tensor, n: int) -> Tensor:
+    """``(batch, time, n·heads·d)`` (the ``n`` sub-steps outermost, as fla) -> ``(batch, time·n, heads·d)``."""
+    return t.unflatten(-1, (n, -1)).flatten(1, 2)
+
+
+@dataclass
+class DeltaNetState(RecurrentState):
+    """``conv_q, conv_k, conv_v``: the short convolutions' last ``conv_size - 1`` inputs
+    ``(batch, channels, conv_size - 1)``; ``S``: the delta-rule state ``(batch, heads, d_k, d_v)``."""
+
+    conv_q: Tensor
+    conv_k: Tensor
+    conv_v: Tensor
+    S: Tensor
+
+
+class _DeltaRuleLayer(SequenceLayer):
+    """The shell shared by the three layers; ``n = num_householder`` delta steps per token::
+
+        q_t = L2(SiLU(conv_q(W_q x))_t),  k_{t,j} = L2(SiLU(conv_k(W_k x))_{t,j}),  v_{t,j} = SiLU(conv_v(W_v x))_{t,j}
+        β_{t,j} = σ(W_β x_t)_j                         (2 σ(·) with negative_eigenvalues)
+        log α_t = -softplus(W_a x_t + dt_bias) exp(A_log)   (decay=True; else α_t = 1)
+        S_{t,j} = (I - β_{t,j} k_{t,j} k_{t,j}^T) S_{t,j-1} + β_{t,j} k_{t,j} v_{t,j}^T,  S_{t,0} = α_t S_{t-1,n}
+        o_t = S_{t,n}^T q_t
+        y_t = W_o (RMSNorm_h(o_t) ⊙ SiLU(W_g x_t))     (gate=True; else W_o RMSNorm_h(o_t))
+
+    The ``n`` sub-steps run on the same engine as a sequence ``n`` times longer:
+    ``log α`` on the first sub-step of each token and 0 on the others, ``q`` on
+    the last (zeros elsewhere), the output read at every ``n``-th step.
+    """
+
+    parallel_modes = ("chunk",)
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        expand_k: float,
+        expand_v: float,
+        conv_size: int,
+        norm_eps: float,
+        negative_eigenvalues: bool,
+        mode: str,
+        *,
+        num_householder: int = 1,
+        decay: bool,
+        gate: bool,
+    ) -> None:
+        super().__init__(d_model, mode)
+        owner = type(self).__name__
+        self.num_heads = check_int(owner, "num_heads", num_heads)
+        self.num_householder = check_int(owner, "num_householder", num_householder)
+        check_int(owner, "conv_size", conv_size)
+        for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
+            if not expand > 0:
+                raise ValueError(f"{owner}: `{name}` must be > 0, got {expand!r}")
+        key_dim, value_dim = round(expand_k * d_model), round(expand_v * d_model)
+        self.head_k = head_size(owner, "key dim round(expand_k * d_model)", key_dim, num_heads)
+        self.head_v = head_size(owner, "value dim round(expand_v * d_model)", value_dim, num_heads)
+        self.negative_eigenvalues, self.decay, self.gate = negative_eigenvalues, decay, gate
+        n = num_householder
+        self.q_proj = nn.Linear(d_model, key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, n * key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, n * value_dim, bias=False)
+        self.b_proj = nn.Linear(d_model, n * num_heads, bias=False)
+        self.q_conv = CausalConv1d(key_dim, conv_size, bias=False)
+        self.k_conv = CausalConv1d(n * key_dim, conv_size, bias=False)
+        self.v_conv = CausalConv1d(n * value_dim, conv_size, bias=False)
+        if decay:  # as the reference: A ~ U(0, 16], Δ at init log-uniform in [1e-3, 0.1] as Mamba-2
+            self.a_proj = nn.Linear(d_model, num_heads, bias=False)
+            self.A_log = nn.Parameter((16 * (1 - torch.rand(num_heads))).log())
+            log_dt = torch.empty(num_heads).uniform_(math.log(0.001), math.log(0.1))
+            dt = log_dt.exp().clamp(min=DT_INIT_FLOOR)
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+        if gate:
+            self.g_proj = nn.Linear(d_model, value_dim, bias=False)
+        self.norm = nn.RMSNorm(self.head_v, eps=norm_eps)
+        self.out_proj = nn.Linear(value_dim, d_model, bias=False)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> DeltaNetState:
+        kw = self._state_kwargs(device, dtype)
+        shape = (batch_size, self.num_heads, self.head_k, self.head_v)
+        S = torch.zeros(shape, device=kw["device"], dtype=state_dtype(kw["dtype"]))
+        convs = (conv.init_state(batch_size, **kw) for conv in (self.q_conv, self.k_conv, self.v_conv))
+        return DeltaNetState(*convs, S)
+
+    def _engine_inputs(self, x: Tensor, state: DeltaNetState | None = None):
+        """Engine-4 inputs over the ``T·n`` sub-steps, in the state dtype, and the new conv states.
+
+        Returns ``(q, k, v, beta, log_alpha, convs)``: ``q, k`` ``(B, H, T·n, d_k)``, ``v``
+        ``(B, H, T·n, d_v)``, ``beta`` and ``log_alpha`` ``(B, H, T·n)`` (``log_alpha`` ``None``
+        without decay), ``convs`` the three conv states.
+        """
+        dtype, n, H = state_dtype(x.dtype), self.num_householder, self.num_heads
+        convs = (None,) * 3 if state is None else (state.conv_q, state.conv_k, state.conv_v)
+        projs, conv_layers = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv, self.k_conv, self.v_conv)
+        outs = [conv(proj(x), c) for proj, conv, c in zip(projs, conv_layers, convs)]
+        q, k, v = (split_heads(F.silu(interleave(y, m)), H, dtype) for (y, _), m in zip(outs, (1, n, n)))
+        q, k = l2_normalize(q), l2_normalize(k)
+        beta = split_heads(interleave(self.b_proj(x), n), H, dtype).squeeze(-1).sigmoid()
+        if self.negative_eigenvalues:
+            beta = 2 * beta
+        q = F.pad(q.unsqueeze(3), (0, 0, n - 1, 0)).flatten(2, 3)  # q on the last sub-step of each token
+        log_alpha = None
+        if self.decay:
+            dt = F.softplus(self.a_proj(x).to(dtype) + self.dt_bias.to(dtype)).transpose(1, 2)  # (B, H, T)
+            log_alpha = dt * -torch.exp(self.A_log.to(dtype))[:, None]
+            log_alpha = F.pad(log_alpha.unsqueeze(-1), (0, n - 1)).flatten(2, 3)  # on the first sub-step
+        return q, k, v, beta, log_alpha, tuple(c for _, c in outs)
+
+    def _output(self, o: Tensor, x: Tensor) -> Tensor:
+        """``W_o`` of the normed (and gated) per-head outputs ``o`` ``(B, H, T, d_v)``."""
+        if self.gate:
+            return self.out_proj(norm_gate(o, self.g_proj(x), self.norm))
+        o = F.rms_norm(o, self.norm.normalized_shape, self.norm.weight.to(o.dtype), self.norm.eps)
+        return self.out_proj(merge_heads(o, x.dtype))
+
+    def _forward(self, x: Tensor, state: DeltaNetState | None, mode: str) -> tuple[Tensor, DeltaNetState]:
+        q, k, v, beta, log_alpha, convs = self._engine_inputs(x, state)
+        n = self.num_householder
+        o, S = delta_recurrence(q, k, v, beta, log_alpha, None if state is None else state.S, mode)
+        return self._output(o[:, :, n - 1 :: n], x), DeltaNetState(*convs, S)
+
+    def _per_substep(self, q, k, beta, log_alpha, values: Tensor, mode: str) -> Tensor:
+        """Outputs for the values of one sub-step ``j`` at a time (the others zero): engine inputs as
+        :meth:`_engine_inputs`, ``values`` ``(n, B, H, T·n, d)`` with ``values[j]`` zero off sub-step ``j``;
+        returns ``(B, H·n, T, d)``."""
+        n = self.num_householder
+        tile = lambda t: None if t is None else t.expand(n, *t.shape).flatten(0, 1)  # noqa: E731
+        o, _ = delta_recurrence(tile(q), tile(k), values.flatten(0, 1), tile(beta), tile(log_alpha), None, mode)
+        return o[:, :, n - 1 :: n].unflatten(0, (n, -1)).movedim(0, 2).flatten(1, 2)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        """Eigenvalues of each token's transition ``α_t Π_j (I - β_j k_j k_j^T)`` (later sub-steps on the left).
+
+        One Householder step (DeltaNet, Gated DeltaNet): the two distinct values ``(α_t, α_t (1 - β_t))``,
+        ``(batch, time, heads, 2)``, real. Several (DeltaProduct): all ``d_k`` eigenvalues of the product,
+        ``(batch, time, heads, d_k)``, complex in general (real and in [0, 1] when every β <= 1).
+        """
+        _, k, _, beta, log_alpha, _ = self._engine_inputs(x)
+        n = self.num_householder
+        batch, heads, steps, d_k = k.shape
+        alpha = torch.ones_like(beta[..., ::n]) if log_alpha is None else torch.exp(log_alpha[..., ::n])  # (B, H, T)
+        if n == 1:
+            return torch.stack([alpha, alpha * (1 - beta)], -1).transpose(1, 2)
+        eye = torch.eye(d_k, dtype=k.dtype, device=k.device)
+        factors = eye - beta[..., None, None] * k[..., :, None] * k[..., None, :]  # (B, H, T·n, d_k, d_k)
+        product = alpha[..., None, None] * eye
+        for j in range(n):  # step j acts after steps < j
+            product = factors[:, :, j::n] @ product
+        return torch.linalg.eigvals(product).transpose(1, 2)
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        """``M`` ``(batch, heads·n, T, T)``: ``M[b, (h, j), t, s] = ∂o_{t,h} / ∂v_{s,j,h}``, the output's
+        (linear) dependence on the value of sub-step ``j`` of token ``s`` for fixed q, k, β, α,
+        computed exactly by the reference loop on one-hot values. Groups are the heads (DeltaNet,
+        Gated DeltaNet) or (head, sub-step) pairs, head-major (DeltaProduct)."""
+        q, k, _, beta, log_alpha, _ = self._engine_inputs(x)
+        batch, length, _ = x.shape
+        n, eye = self.num_householder, torch.eye(length, dtype=q.dtype, device=x.device)
+        one_hot = torch.eye(n, dtype=q.dtype, device=x.device)[:, None, :, None] * eye[None, :, None, :]
+        values = one_hot.flatten(1, 2)[:, None, None].expand(n, batch, self.num_heads, length * n, length)
+        return self._per_substep(q, k, beta, log_alpha, values, "recurrent")
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(v, o)`` per group, before the norm, ``(batch, heads·n, T, d_v)``; for DeltaProduct the
+        values of sub-step ``j`` and their part of ``o`` (the parts sum to ``o``)."""
+        q, k, v, beta, log_alpha, _ = self._engine_inputs(x)
+        n = self.num_householder
+        mask = torch.eye(n, dtype=v.dtype, device=v.device).repeat(1, x.shape[1])  # (n, T·n): sub-step j
+        Y = self._per_substep(q, k, beta, log_alpha, mask[:, None, None, :, None] * v, self.parallel_modes[0])
+        return v.unflatten(2, (-1, n)).movedim(3, 2).flatten(1, 2), Y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}, "
+            f"num_householder={self.num_householder}, decay={self.decay}, gate={self.gate}, "
+            f"negative_eigenvalues={self.negative_eigenvalues}"
+        )
+
+
+@register(
+    "deltanet",
+    family="delta rule",
+    engine="delta_rule",
+    paper="Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
+    negative_eigenvalues=True,
+)
+class DeltaNet(_DeltaRuleLayer):
+    """DeltaNet, per head (α = 1, one delta step per token, no output gate)::
+
+        q_t, k_t, v_t = L2(SiLU(conv(W_q x))_t), L2(SiLU(conv(W_k x))_t), SiLU(conv(W_v x))_t
+        β_t = σ(W_β x_t)
+        S_t = (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T,   o_t = S_t^T q_t
+        y_t = W_o RMSNorm_h(o_t)
+
+    As flash-linear-attention's ``DeltaNet`` defaults: depthwise causal convs of
+    width ``conv_size = 4`` without bias on q, k, v, each followed by SiLU; q and
+    k L2-normalised per head (``ε = 1e-6``); key and value sizes ``expand_k ·
+    d_model`` and ``expand_v · d_model`` (both 1) split over ``num_heads``; RMSNorm
+    per head with a learned weight; no output gate (fla's ``use_gate=False``);
+    projections without biases, PyTorch's default initialisation.
+
+    With ``negative_eigenvalues=True``, ``β_t = 2 σ(·) ∈ (0, 2)``, so the transition's
+    eigenvalue along ``k_t``, ``1 - β_t``, lies in ``(-1, 1)`` (Grazzi et al. 2024).
+    For half-precision parameters the recurrence, the norms and the state run in float32.
+
+    State: :class:`DeltaNetState`. Operator (:meth:`materialize`): one group per head.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 4,
+        expand_k: float = 1.0,
+        expand_v: float = 1.0,
+        conv_size: int = 4,
+        norm_eps: float = 1e-5,
+        negative_eigenvalues: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        super().__init__(
+            d_model, num_heads, expand_k, expand_v, conv_size, norm_eps, negative_eigenvalues, mode,
+            decay=False, gate=False,
+        )  # fmt: skip
+
+
+@register(
+    "gated_deltanet",
+    family="delta rule",
+    engine="delta_rule",
+    paper="Yang, Kautz & Hatamizadeh 2024, Gated Delta Networks: Improving Mamba2 with Delta Rule",
+    negative_eigenvalues=True,
+)
+class GatedDeltaNet(_DeltaRuleLayer):
+    """Gated DeltaNet: DeltaNet with Mamba-2's scalar decay per head and an output gate::
+
+        α_t = exp(-softplus(W_a x_t + dt_bias) exp(A_log))          # per head, kept in log space
+        S_t = α_t (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T,   o_t = S_t^T q_t
+        y_t = W_o (RMSNorm_h(o_t) ⊙ SiLU(W_g x_t))
+
+    q, k, v, β as :class:`DeltaNet`. As flash-linear-attention's ``GatedDeltaNet``:
+    ``A`` uniform in ``(0, 16]``, ``dt_bias`` the inverse softplus of Δ drawn
+    log-uniformly in ``[0.001, 0.1]`` (floored at 1e-4), as Mamba-2; value heads
+    twice the key heads (``expand_v = 2``, fla's ``expand_v`` relative to the head
+    size; fla fixes ``head_dim = 256`` instead of ``expand_k``).
+
+    ``negative_eigenvalues=True`` doubles β (the decay is unchanged), as fla's
+    ``allow_neg_eigval``. State: :class:`DeltaNetState`. Operator: one group per head.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 4,
+        expand_k: float = 1.0,
+        expand_v: float = 2.0,
+        conv_size: int = 4,
+        norm_eps: float = 1e-5,
+        negative_eigenvalues: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        super().__init__(
+            d_model, num_heads, expand_k, expand_v, conv_size, norm_eps, negative_eigenvalues, mode,
+            decay=True, gate=True,
+        )  # fmt: skip
+
+
+@register(
+    "deltaproduct",
+    family="delta rule",
+    engine="delta_rule",
+    paper="Siems et al. 2025, DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products",
+    negative_eigenvalues=True,
+)
+class DeltaProduct(_DeltaRuleLayer):
+    """(Gated) DeltaProduct: ``n = num_householder`` delta steps per token, each with its own k, v, β::
+
+        S_{t,0} = α_t S_{t-1},  S_{t,j} = (I - β_{t,j} k_{t,j} k_{t,j}^T) S_{t,j-1} + β_{t,j} k_{t,j} v_{t,j}^T
+        S_t = S_{t,n},   o_t = S_t^T q_t,   y_t = W_o (RMSNorm_h(o_t) ⊙ SiLU(W_g x_t))
+
+    so the transition is ``α_t`` times a product of ``n`` generalised Householder
+    matrices. Each projection and conv of k, v, β is ``n`` times wider (sub-steps
+    outermost, as fla). As flash-linear-attention's ``GatedDeltaProduct``: the
+    decay (``use_forget_gate=True``, the Gated DeltaProduct; ``False`` gives
+    α = 1) as :class:`GatedDeltaNet`, the output gate always on, ``expand_v = 2``.
+    Unlike fla (``allow_neg_eigval=True``), ``negative_eigenvalues`` defaults to
+    False, as every rnnzoo layer; ``True`` doubles each β.
+
+    Computed on engine 4 over the ``T·n`` sub-steps (see :class:`_DeltaRuleLayer`).
+    State: :class:`DeltaNetState`, ``S`` the state after each token's last sub-step.
+    Operator (:meth:`materialize`): one group per (head, sub-step) pair, head-major:
+    group ``(h, j)`` maps the values of sub-step ``j`` to their part of head ``h``'s output.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 4,
+        num_householder: int = 2,
+        use_forget_gate: bool = True,
+        expand_k: float = 1.0,
+        expand_v: float = 2.0,
+        conv_size: int = 4,
+        norm_eps: float = 1e-5,
+        negative_eigenvalues: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        super().__init__(
+            d_model, num_heads, expand_k, expand_v, conv_size, norm_eps, negative_eigenvalues, mode,
+            num_householder=num_householder, decay=use_forget_gate, gate=True,
+        )  # fmt: skip
