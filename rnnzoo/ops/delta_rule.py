@@ -30,32 +30,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_heads, check_int
 from .gated_linear_attention import MIN_LOG_DECAY, _causal, _output_dtype
 
 __all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference"]
 
 
 def _check(q, k, v, beta, log_alpha, h0, where: str):
-    for name, t in (("q", q), ("k", k), ("v", v), ("beta", beta), ("log_alpha", log_alpha), ("h0", h0)):
-        if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point()):
-            raise TypeError(f"{where}: `{name}` must be a floating-point torch.Tensor")
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"{where}: `q` and `k` must have shape (batch, heads, time, d_k), got {tuple(q.shape)}, {tuple(k.shape)}")
-    batch, heads, length, d_k = q.shape
-    if length == 0:
-        raise ValueError(f"{where}: the time dimension (dim 2) is empty; need at least one step")
-    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"{where}: `v` must have shape ({batch}, {heads}, {length}, d_v), got {tuple(v.shape)}")
-    for name, t in (("beta", beta), ("log_alpha", log_alpha)):
-        if t is not None and t.shape != (batch, heads, length):
-            raise ValueError(f"{where}: `{name}` must have shape (batch, heads, time) = {(batch, heads, length)}, got {tuple(t.shape)}")
+    if h0 is not None and (not isinstance(h0, Tensor) or not h0.is_floating_point()):
+        raise TypeError(f"{where}: `h0` must be a floating-point torch.Tensor")
+    batch, heads, _, d_k, d_v = check_heads(where, q=q, k=k, v=v, beta=beta, log_alpha=log_alpha)
     low, high = (float(x) for x in torch.aminmax(beta.detach()))
     if low < 0 or high > 2:
         raise ValueError(f"{where}: `beta` must lie in [0, 2], got values in [{low:.3g}, {high:.3g}]")
     if log_alpha is not None and float(log_alpha.detach().max()) > 0:
         raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays α <= 1)")
-    d_v = v.shape[-1]
     if h0 is not None and h0.shape != (batch, heads, d_k, d_v):
         raise ValueError(f"{where}: `h0` must have shape {(batch, heads, d_k, d_v)}, got {tuple(h0.shape)}")
     dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_heads, check_int
 from .gated_linear_attention import _causal, _chunk_states, _output_dtype
 
 __all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
@@ -35,22 +35,12 @@ State = tuple[Tensor, Tensor, Tensor]  # (C̃ (B, H, d_k, d_v), ñ (B, H, d_k), 
 
 
 def _check(q, k, v, log_f, log_i, state, where: str):
-    for name, t in (("q", q), ("k", k), ("v", v), ("log_f", log_f), ("log_i", log_i)):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise TypeError(f"{where}: `{name}` must be a floating-point torch.Tensor")
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"{where}: `q` and `k` must have shape (batch, heads, time, d_k), got {tuple(q.shape)}, {tuple(k.shape)}")
-    batch, heads, length, d_k = q.shape
-    if length == 0:
-        raise ValueError(f"{where}: the time dimension (dim 2) is empty; need at least one step")
-    if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"{where}: `v` must have shape ({batch}, {heads}, {length}, d_v), got {tuple(v.shape)}")
     for name, t in (("log_f", log_f), ("log_i", log_i)):
-        if t.shape != (batch, heads, length):
-            raise ValueError(f"{where}: `{name}` must have shape (batch, heads, time) = {(batch, heads, length)}, got {tuple(t.shape)}")
+        if t is None:
+            raise TypeError(f"{where}: `{name}` must be a floating-point torch.Tensor, got None")
+    batch, heads, length, d_k, d_v = check_heads(where, q=q, k=k, v=v, log_f=log_f, log_i=log_i)
     if bool((log_f > 0).any()):
         raise ValueError(f"{where}: `log_f` must be <= 0 (forget gates in (0, 1])")
-    d_v = v.shape[-1]
     if state is not None:
         want = ((batch, heads, d_k, d_v), (batch, heads, d_k), (batch, heads))
         if len(state) != 3 or any(s.shape != w for s, w in zip(state, want)):
