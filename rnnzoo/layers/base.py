@@ -17,6 +17,7 @@ reference loop), the layer's parallel form (``"scan"`` for engine 2), or
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import torch
@@ -117,6 +118,26 @@ def decay_eigenvalues(log_alpha: Tensor, alpha_sign: Tensor | None = None) -> Te
     if alpha_sign is not None:
         alpha = torch.where(alpha_sign, -alpha, alpha)
     return alpha.transpose(1, 2)
+
+
+DT_INIT_FLOOR = 1e-4  # smallest step Δ at initialisation, as in the Mamba reference
+
+
+def dt_bias_init(size: int, dt_min: float = 0.001, dt_max: float = 0.1) -> Tensor:
+    """Mamba's step-size bias: Δ drawn log-uniformly in ``[dt_min, dt_max]`` (floored at 1e-4), returned as
+    its inverse softplus so that ``softplus(bias) = Δ`` (Gu & Dao 2023; also Mamba-2 and Gated DeltaNet)."""
+    dt = torch.empty(size).uniform_(math.log(dt_min), math.log(dt_max)).exp().clamp(min=DT_INIT_FLOOR)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def lower_bound_buffer(owner: str, lower_bound: float | Tensor, size: int) -> Tensor:
+    """HGRN's forget-gate lower bound γ as a ``(size,)`` tensor: a float or a ``(size,)`` tensor in [0, 1)."""
+    bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype())
+    if bound.dim() > 1 or (bound.dim() == 1 and bound.shape[0] != size):
+        raise ValueError(f"{owner}: `lower_bound` must be a float or a ({size},) tensor, got {tuple(bound.shape)}")
+    if not ((bound >= 0) & (bound < 1)).all():
+        raise ValueError(f"{owner}: `lower_bound` must lie in [0, 1)")
+    return bound.expand(size).clone()
 
 
 def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:

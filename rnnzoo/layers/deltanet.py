@@ -15,7 +15,6 @@ decay, the output gate and the number of Householder steps per token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +24,9 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.delta_rule import delta_rule, delta_rule_reference
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, state_dtype
+from .base import RecurrentState, SequenceLayer, dt_bias_init, state_dtype
 from .conv import CausalConv1d
 from .linear_attention import head_size, merge_heads, split_heads
-from .mamba2 import DT_INIT_FLOOR
 from .retnet import norm_gate
 
 __all__ = ["DeltaNet", "DeltaNetState", "DeltaProduct", "GatedDeltaNet", "delta_recurrence"]
@@ -122,9 +120,7 @@ class _DeltaRuleLayer(SequenceLayer):
         if decay:  # as the reference: A ~ U(0, 16], Δ at init log-uniform in [1e-3, 0.1] as Mamba-2
             self.a_proj = nn.Linear(d_model, num_heads, bias=False)
             self.A_log = nn.Parameter((16 * (1 - torch.rand(num_heads))).log())
-            log_dt = torch.empty(num_heads).uniform_(math.log(0.001), math.log(0.1))
-            dt = log_dt.exp().clamp(min=DT_INIT_FLOOR)
-            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+            self.dt_bias = nn.Parameter(dt_bias_init(num_heads))  # softplus(dt_bias) = Δ
         if gate:
             self.g_proj = nn.Linear(d_model, value_dim, bias=False)
         self.norm = nn.RMSNorm(self.head_v, eps=norm_eps)

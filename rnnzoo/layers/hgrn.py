@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .base import DiagonalState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, state_dtype
+from .base import (
+    DiagonalState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, lower_bound_buffer, state_dtype,
+)  # fmt: skip
 
 __all__ = ["HGRN"]
 
@@ -58,12 +60,7 @@ class HGRN(SequenceLayer):
         if expansion <= 0:
             raise ValueError(f"HGRN: `expansion` must be > 0, got {expansion}")
         self.d_hidden = max(1, round(expansion * d_model))
-        bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype())
-        if bound.dim() > 1 or (bound.dim() == 1 and bound.shape[0] != self.d_hidden):
-            raise ValueError(f"HGRN: `lower_bound` must be a float or a ({self.d_hidden},) tensor, got {tuple(bound.shape)}")
-        if not ((bound >= 0) & (bound < 1)).all():
-            raise ValueError("HGRN: `lower_bound` must lie in [0, 1)")
-        self.register_buffer("lower_bound", bound.expand(self.d_hidden).clone())
+        self.register_buffer("lower_bound", lower_bound_buffer("HGRN", lower_bound, self.d_hidden))
         self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, 3 * self.d_hidden, bias=False)  # c, f, g
         self.norm = nn.RMSNorm(self.d_hidden, eps=1e-5)

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import MatrixState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype, widen_log_decay
+from .base import (
+    MatrixState, SequenceLayer, decay_eigenvalues, lower_bound_buffer, matrix_recurrence, state_dtype, widen_log_decay,
+)  # fmt: skip
 
 __all__ = ["HGRN2"]
 
@@ -71,12 +73,7 @@ class HGRN2(SequenceLayer):
         if d_model % expand_ratio:
             raise ValueError(f"HGRN2: `expand_ratio`={expand_ratio} must divide d_model={d_model}")
         self.expand_ratio, self.num_heads = expand_ratio, d_model // expand_ratio
-        bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype())
-        if bound.dim() > 1 or (bound.dim() == 1 and bound.shape[0] != d_model):
-            raise ValueError(f"HGRN2: `lower_bound` must be a float or a ({d_model},) tensor, got {tuple(bound.shape)}")
-        if not ((bound >= 0) & (bound < 1)).all():
-            raise ValueError("HGRN2: `lower_bound` must lie in [0, 1)")
-        self.register_buffer("lower_bound", bound.expand(d_model).clone())
+        self.register_buffer("lower_bound", lower_bound_buffer("HGRN2", lower_bound, d_model))
         self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=False)  # q, f, i
         self.norm = nn.RMSNorm(d_model, eps=1e-5)

@@ -18,12 +18,10 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops import linear_scan_operator
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, channel_groups, diagonal_recurrence, state_dtype
+from .base import RecurrentState, SequenceLayer, channel_groups, diagonal_recurrence, dt_bias_init, state_dtype
 from .conv import CausalConv1d
 
 __all__ = ["Mamba", "MambaState"]
-
-DT_INIT_FLOOR = 1e-4  # smallest Δ at initialisation, as in the reference
 
 
 @dataclass
@@ -113,9 +111,7 @@ class Mamba(SequenceLayer):
         with torch.no_grad():
             bound = dt_scale * dt_rank**-0.5
             self.dt_proj.weight.uniform_(-bound, bound)
-            log_dt = torch.empty(self.d_inner).uniform_(math.log(dt_min), math.log(dt_max))
-            dt = log_dt.exp().clamp(min=DT_INIT_FLOOR)
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus(bias) = dt
+            self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, dt_min, dt_max))  # softplus(bias) = Δ
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         kw = self._state_kwargs(device, dtype)

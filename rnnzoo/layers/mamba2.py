@@ -8,7 +8,6 @@ attention (engine 3) with a scalar decay: ``q = C``, ``k = B``, ``v = Δ x``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,12 +17,13 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype, widen_log_decay
+from .base import (
+    RecurrentState, SequenceLayer, decay_eigenvalues, dt_bias_init, matrix_recurrence, state_dtype, widen_log_decay,
+)  # fmt: skip
 from .conv import CausalConv1d
 
 __all__ = ["Mamba2", "Mamba2State"]
 
-DT_INIT_FLOOR = 1e-4  # smallest Δ at initialisation, as in the reference
 DEFAULT_HEADDIM = 64
 
 
@@ -122,9 +122,7 @@ class Mamba2(SequenceLayer):
         conv_dim = d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, d_inner + conv_dim + self.num_heads, bias=False)
         self.conv = CausalConv1d(conv_dim, d_conv, bias=True)
-        log_dt = torch.empty(self.num_heads).uniform_(math.log(dt_min), math.log(dt_max))
-        dt = log_dt.exp().clamp(min=DT_INIT_FLOOR)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus(dt_bias) = dt
+        self.dt_bias = nn.Parameter(dt_bias_init(self.num_heads, dt_min, dt_max))  # softplus(dt_bias) = Δ
         self.A_log = nn.Parameter(torch.empty(self.num_heads).uniform_(*A_init_range).log())
         self.D = nn.Parameter(torch.ones(self.num_heads))
         self.norm = nn.RMSNorm(d_inner, eps=1e-5)
