@@ -1,9 +1,10 @@
-# `make speed` runs the main job, `make test` the tests; both set up .venv first.
+# `make bench` runs the main job (the capability benchmark), `make test` the tests, `make speed` the timings;
+# each sets up .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup speed test clean
+.PHONY: setup bench speed test clean
 
 $(BIN)/rnnzoo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +15,14 @@ $(BIN)/rnnzoo: pyproject.toml
 
 setup: $(BIN)/rnnzoo
 
+bench: setup
+	$(BIN)/rnnzoo bench
+
 speed: setup
 	$(BIN)/rnnzoo speed --quick
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,6 +1,10 @@
-"""The ``rnnzoo`` command: ``rnnzoo list`` (the registry), ``rnnzoo speed`` (timings) and ``rnnzoo inspect``
-(a layer's implicit T×T operator as heatmaps).
+"""The ``rnnzoo`` command: ``rnnzoo bench`` (what models learn: the capability benchmark), ``rnnzoo list``
+(the registry), ``rnnzoo speed`` (timings) and ``rnnzoo inspect`` (a layer's implicit T×T operator as heatmaps).
 
+    rnnzoo bench                                   # quick suite: parity, which models extrapolate
+    rnnzoo bench --suite full --seeds 3
+    rnnzoo bench --suite my_suite.toml --out results/mine
+    rnnzoo bench --report results/bench/results.json
     rnnzoo list
     rnnzoo speed --quick
     rnnzoo speed --model mingru --model nn.GRU --batch 8 --length 512 --d-model 256
@@ -14,13 +18,15 @@ model, mode or dtype) exit with code 2 and a message naming the valid choices.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from .bench import inspect, speed
+from .bench import capability, inspect, report, speed, suites
 from .registry import list_models, model_info
 
 if TYPE_CHECKING:
@@ -121,6 +127,93 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_caption(head: dict) -> str:
+    return (
+        f"{head.get('date', '?')}, rnnzoo {head.get('rnnzoo', '?')}, torch {head.get('torch', '?')} on "
+        f"{head.get('cpu', '?')} ({head.get('cpu_count', '?')} CPUs, {head.get('threads', '?')} threads, "
+        f"load average {head.get('loadavg_1min', '?')} at start)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _plot_title(head: dict) -> str:
+    suite, date, threads = head.get("suite", "?"), head.get("date", "?")[:10], head.get("threads", "?")
+    return f"rnnzoo bench --suite {suite}, {date}, {threads} threads"
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    """Re-render the table and the plot of a results.json without training."""
+    if args.suite or args.seeds or args.force or args.out:
+        args.error("--report re-renders a results.json; drop --suite/--seeds/--force/--out")
+    try:
+        results, head, notes = report.load_results(args.report)
+    except ValueError as e:
+        args.error(str(e))
+    console = _console()
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    rows = report.summarize(results)
+    report.print_tables(rows, console, _bench_caption(head))
+    plot = Path(args.plot or Path(args.report).with_name("accuracy.png"))
+    if rows:
+        report.plot(rows, plot, _plot_title(head))
+        console.print(f"wrote {plot}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """Run a suite (training only what is not cached), print the tables, write results.json and the plot."""
+    if args.report:
+        return _bench_report(args)
+    try:
+        suite = suites.resolve_suite(args.suite or "quick")
+    except suites.SuiteError as e:
+        args.error(str(e))
+    if args.seeds:
+        suite = suite.with_seeds(args.seeds)
+    console = _console()
+    for note in suite.notes:
+        console.print(f"note: {note}", highlight=False)
+    if not suite.models:
+        args.error(f"suite {suite.name!r}: none of its models is registered")
+    out = Path(args.out or "results/bench")
+    out.mkdir(parents=True, exist_ok=True)
+    head = {**speed.header(args.threads, "cpu", ["rnnzoo", *args.argv]), "suite": suite.name}
+    events: list[capability.RunDone] = []
+    start = time.perf_counter()
+    try:
+        results = capability.run_suite(
+            suite, out, force=args.force, threads=args.threads, console=console, quiet=args.quiet, on_run=events.append
+        )
+    except KeyboardInterrupt:
+        done = sum(e.result is not None for e in events)
+        console.print(f"interrupted: {done} finished run(s) are cached in {out}; run again to resume")
+        return 130
+    head["wall_seconds"] = round(time.perf_counter() - start, 1)
+    failed = [e for e in events if e.error]
+    trained = sum(not e.cached and not e.error for e in events)
+    rows = report.summarize(results)
+    report.print_tables(rows, console, _bench_caption(head))
+    report.write_results(out / "results.json", results, head, suite.notes)
+    written = [str(out / "results.json")]
+    if rows:
+        plot = Path(args.plot or out / "accuracy.png")
+        report.plot(rows, plot, _plot_title(head))
+        written.append(str(plot))
+    console.print(
+        f"{len(events)} runs ({trained} trained, {len(events) - trained - len(failed)} from the cache) in "
+        f"{_duration(head['wall_seconds'])}; wrote {', '.join(written)}",
+        highlight=False,
+    )
+    if failed:
+        console.print(f"{len(failed)} run(s) failed: " + "; ".join(e.error for e in failed), markup=False)
+        return 1
+    return 0
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -132,6 +225,32 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="rnnzoo", description="Recurrent sequence models behind one API.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    be = commands.add_parser(
+        "bench",
+        help="train models on synthetic tasks: which solve them, which extrapolate (default: the quick suite)",
+        description=(
+            "The capability benchmark: train sequence models around registered layers on synthetic tasks at equal "
+            "parameter count, then score them at training lengths and longer test lengths. With no arguments, the "
+            "quick suite: parity with LSTM, Mamba with and without negative eigenvalues and softmax attention "
+            "(whichever are registered). Finished runs are cached in --out by a hash of their configuration, so an "
+            "interrupted suite resumes; prints a table per task and writes results.json and a PNG."
+        ),
+    )
+    be.add_argument(
+        "--suite", metavar="NAME|PATH",
+        help=f"a built-in suite ({', '.join(suites.SUITES)}; default quick) or a .toml/.yaml suite file",
+    )  # fmt: skip
+    be.add_argument("--seeds", type=_positive_int, metavar="N", help="run seeds 0..N-1 (report best and mean)")
+    be.add_argument("--out", metavar="DIR", help="results and run cache (default results/bench)")
+    be.add_argument("--force", action="store_true", help="rerun runs found in the cache")
+    be.add_argument(
+        "--threads", type=_positive_int, default=os.cpu_count(), help=f"torch threads (default: all, {os.cpu_count()})"
+    )
+    be.add_argument("--report", metavar="RESULTS_JSON", help="re-render a results.json's table and plot, no training")
+    be.add_argument("--plot", metavar="PATH", help="the PNG (default accuracy.png beside results.json)")
+    be.add_argument("--quiet", action="store_true", help="no progress output, only the tables")
+    be.set_defaults(func=_bench, error=be.error)
 
     ls = commands.add_parser("list", help="print the model registry", description="Print the model registry.")
     ls.set_defaults(func=_list)

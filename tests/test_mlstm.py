@@ -51,7 +51,10 @@ def test_chunkwise_matches_loop(batch, heads, length, d_k, d_v, gate_scale, chun
     got = outputs_and_grads(mlstm_chunkwise, tensors, state, chunk_size=chunk)
     want = outputs_and_grads(mlstm_reference, tensors, state)
     for i, (x, y) in enumerate(zip(got, want)):
-        torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-8, atol=1e-10, msg=lambda m: f"output {i}: {m}")
+        # absolute error relative to the tensor's scale: with input gates of ±30 a gradient's entries cancel terms
+        # of e^30 size, so small entries carry errors of ~1e-11 x the largest one (float64)
+        atol = 1e-10 * max(1.0, y.abs().max().item())
+        torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-8, atol=atol, msg=lambda m: f"output {i}: {m}")
 
 
 def test_huge_input_gates_stay_finite():

@@ -132,9 +132,12 @@ def test_bad_arguments_exit_2_listing_valid_names(tmp_path, capsys, args, names)
 def test_quick_suite_covers_bars_and_every_layer():
     specs = speed.quick_specs()
     assert len(specs) == len(set(specs))
-    gla_layers = [m.name for m in list_models() if m.engine == speed.GLA]
-    assert gla_layers  # retnet, gla, linear_attention, mamba2, hgrn2
+    gla_layers = [m.name for m in list_models() if m.engine in (speed.GLA, "softmax_scan")]
+    assert "gla" in gla_layers and "aaren" in gla_layers
+    known = set(speed.target_names())
     for bar in speed.BARS:
+        if not {bar.target, bar.vs_target} <= known | {speed.ANY}:
+            continue  # a bar on a layer that is not registered
         targets = gla_layers if bar.target == speed.ANY else [bar.target]
         for target in targets:
             vs_target = target if bar.vs_target == speed.ANY else bar.vs_target
@@ -147,6 +150,9 @@ def test_quick_suite_covers_bars_and_every_layer():
             assert compared == speed.Spec(vs_target, bar.vs_mode, *vs_shape)
     assert any(b.rate and b.shape == (4, 2048, 256) and b.vs_shape == (1, 2048, 2048) for b in speed.BARS)
     assert any(b.mode == "step" and {b.shape[1], b.vs_shape[1]} == {1024, 65536} for b in speed.BARS)
+    for spec in specs:  # every layer with a PyTorch counterpart is timed beside it
+        if spec.target in speed.BASELINE_OF and spec.mode != "recurrent":
+            assert speed.comparison(spec, specs) == speed.Spec(speed.BASELINE_OF[spec.target], "torch", *spec.config)
     for info in list_models():
         shape = speed.QUICK_LAYER_SHAPE
         modes = {s.mode for s in specs if s.target == info.name and (s.batch, s.length, s.d_model) == shape}
@@ -198,3 +204,13 @@ def test_bar_only_at_its_setting(shape, threads, fwd_bwd_ms):
         [_record("linear_scan", "scan", shape, fwd_bwd_ms, threads), _record("cumsum", "torch", shape, 20.0, threads)]
     )
     assert scan.vs_target == "cumsum" and scan.bar is None and scan.bar_pass is None
+
+
+@pytest.mark.parametrize("layer_ms, passed", [(105.0, True), (115.0, False)])
+def test_counterpart_bar(layer_ms, passed):
+    shape = (8, 512, 256)
+    lstm, torch_lstm = speed.compare([_record("lstm", "fused", shape, layer_ms), _record("nn.LSTM", "torch", shape, 100.0)])
+    assert (lstm.vs_target, lstm.ratio_fwd_bwd, lstm.bar, lstm.bar_pass) == (
+        "nn.LSTM", pytest.approx(layer_ms / 100), "<= 1.1", passed
+    )
+    assert torch_lstm.vs_target is None  # a counterpart is not compared back with its layer

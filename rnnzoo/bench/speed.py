@@ -22,8 +22,10 @@ state's bytes after the context and after the timed steps.
 
 Each row is compared with one other row timed in the same run (:func:`comparison`): a ``recurrent`` row with its
 target's parallel form at the same shape (the speed-up), ``linear_scan scan`` with ``cumsum`` at the same shape,
-``nn.GRU`` / ``nn.LSTM`` with the first layer's parallel form at the same shape, ``gated_linear_attention chunk``
-with ``matmul`` (any shape: ratio of GFLOP/s), and a step row with the same layer's step row at the shortest
+the parallel form of a layer with a PyTorch counterpart (:data:`BASELINE_OF`: ``lstm``, ``gru``, ``slstm``,
+``paragru``) with that ``nn.LSTM`` / ``nn.GRU`` at the same shape, ``nn.GRU`` / ``nn.LSTM`` with the first other
+layer's parallel form at the same shape, ``gated_linear_attention chunk`` / ``delta_rule chunk`` with ``matmul``
+(any shape: ratio of GFLOP/s), and a step row with the same layer's step row at the shortest
 shorter context. ``ratio = time of the row / time of the vs row`` (GFLOP/s over GFLOP/s against ``matmul``).
 :data:`BARS` are the issue's required ratios; a row matching one gets a pass/fail mark.
 
@@ -206,7 +208,15 @@ BARS = (
     Bar(DELTA, "chunk", MATMUL, BASELINE_MODE, (4, 1024, GLA_HEADS * 64), ">=", 0.3, vs_shape=(1, 2048, 2048), rate=True),
     # any layer's step: time per token after 64k tokens of context within 10% of after 1k, state bytes constant
     Bar(ANY, STEP, ANY, STEP, (1, STEP_CONTEXTS[1], 64), "±", 0.1, vs_shape=(1, STEP_CONTEXTS[0], 64)),
+    # engine 1: the LSTM and GRU layers within 1.1x of bare nn.LSTM / nn.GRU, the sLSTM loop within 3x of nn.LSTM
+    Bar("lstm", "fused", "nn.LSTM", BASELINE_MODE, (8, 512, 256), "<=", 1.1),
+    Bar("gru", "fused", "nn.GRU", BASELINE_MODE, (8, 512, 256), "<=", 1.1),
+    Bar("slstm", "fused", "nn.LSTM", BASELINE_MODE, (8, 512, 256), "<=", 3),
+    # ParaGRU's sequential loop at least 3x slower than its Newton solve (the row after it compares it with nn.GRU)
+    Bar("paragru", "recurrent", "paragru", "newton", (8, 4096, 256), ">=", 3),
 )
+BASELINE_OF = {"lstm": "nn.LSTM", "gru": "nn.GRU", "slstm": "nn.LSTM", "paragru": "nn.GRU"}  # layer vs PyTorch
+ATTENTION_STEP_CONTEXTS = (1024, 8192)  # softmax attention's step (KV cache) after these contexts, beside GLA's
 
 
 # ----------------------------------------------------------------------------
@@ -272,16 +282,27 @@ def step_specs(targets: Iterable[str], shape: tuple[int, int, int], dtype: str =
 
 
 def quick_specs() -> list[Spec]:
-    """The ``--quick`` suite: every bar's targets at its shapes, every registered layer at a modest size, then
-    the step bar for every layer on engine 3 (``gated_linear_attention``)."""
+    """The ``--quick`` suite: every bar's targets at its shapes (bars on unregistered layers are skipped), each
+    layer of :data:`BASELINE_OF` beside its PyTorch baseline, every registered layer at a modest size, then the
+    step bar for every layer on engine 3 (``gated_linear_attention``) and Aaren, and softmax attention's step (its KV
+    cache grows, so no bar) beside GLA's at 1k and 8k tokens of context."""
+    known = set(target_names())
     specs: list[Spec] = []
+
+    def add(new: Iterable[Spec]) -> None:
+        specs.extend(s for s in new if s not in specs)
+
     for bar in BARS:
-        if bar.mode != STEP:
-            for target, shape in ((bar.target, bar.shape), (bar.vs_target, bar.vs_shape or bar.shape)):
-                specs += [s for s in make_specs([target], shape) if s not in specs]
-    specs += make_specs([m.name for m in list_models()], QUICK_LAYER_SHAPE)
-    gla_layers = [m.name for m in list_models() if m.engine == GLA]
-    return specs + [s for name in gla_layers for length in STEP_CONTEXTS for s in step_specs([name], (1, length, 64))]
+        if bar.mode != STEP and {bar.target, bar.vs_target} <= known:
+            add(make_specs([bar.target], bar.shape))
+            add(make_specs([bar.vs_target], bar.vs_shape or bar.shape))
+    add(make_specs([m.name for m in list_models()], QUICK_LAYER_SHAPE))
+    add([Spec(BASELINE_OF[s.target], BASELINE_MODE, *s.config) for s in specs if s.target in BASELINE_OF])
+    constant_state = [m.name for m in list_models() if m.engine in (GLA, "softmax_scan")]  # engine 3, Aaren
+    add(s for name in constant_state for length in STEP_CONTEXTS for s in step_specs([name], (1, length, 64)))
+    if "attention" in known:
+        add(s for name in ("attention", "gla") for n in ATTENTION_STEP_CONTEXTS for s in step_specs([name], (1, n, 64)))
+    return specs
 
 
 def comparison(spec: Spec, specs: Sequence[Spec]) -> Spec | None:
@@ -300,8 +321,10 @@ def comparison(spec: Spec, specs: Sequence[Spec]) -> Spec | None:
         candidates = [s for s in same if s.target == "cumsum"]
     elif spec.target in HEAD_ENGINES:  # the machine's matmul rate, at any shape
         candidates = [s for s in others if s.target == MATMUL and s.dtype == spec.dtype]
-    elif spec.target in ("nn.GRU", "nn.LSTM"):
-        layers = {m.name for m in list_models()}
+    elif spec.target in BASELINE_OF:  # the layer's parallel form vs its PyTorch counterpart
+        candidates = [s for s in same if s.target == BASELINE_OF[spec.target]]
+    elif spec.target in ("nn.GRU", "nn.LSTM"):  # vs a layer that is not a counterpart (minGRU's bar)
+        layers = {m.name for m in list_models()} - set(BASELINE_OF)
         candidates = [s for s in same if s.target in layers and s.mode not in ("recurrent", STEP)]
     else:
         candidates = []

@@ -3,7 +3,10 @@
 Importing this package registers every layer with :mod:`rnnzoo.registry`.
 """
 
+from .aaren import Aaren
+from .attention import Attention
 from .base import DiagonalState, MatrixState, RecurrentState, SequenceLayer
+from .classic import GRU, LSTM, Elman
 from .deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
 from .gla import GLA
 from .hgrn import HGRN
@@ -14,12 +17,17 @@ from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mingru import MinGRU, MinLSTM
 from .mlstm import MLSTM
+from .pararnn import ParaGRU, ParaLSTM
 from .retnet import RetNet
 from .rglru import Hawk
 from .s4d import S4D
+from .slstm import SLSTM
 
 __all__ = [
     "DiagonalState", "MatrixState", "RecurrentState", "SequenceLayer",
+    "Aaren", "Attention",
     "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN", "HGRN2", "Hawk", "LinearAttention", "LRU", "MLSTM",
     "Mamba", "Mamba2", "MinGRU", "MinLSTM", "RetNet", "S4D",
+    "Elman", "GRU", "LSTM", "SLSTM",
+    "ParaGRU", "ParaLSTM",
 ]  # fmt: skip

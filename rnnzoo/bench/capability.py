@@ -1,0 +1,333 @@
+"""``rnnzoo bench``: train sequence models on synthetic tasks and measure what they learn and extrapolate.
+
+For each :class:`~rnnzoo.bench.suites.RunConfig` of a suite, :func:`train_run` builds a
+:class:`~rnnzoo.models.SequenceModel` sized to the parameter budget, trains it with AdamW on batches drawn
+on the fly (cross-entropy on the task's scored positions) until the step or time budget runs out or it is
+solved, then scores it at training lengths and at every test length, from a fixed evaluation seed.
+
+Each finished run is cached as ``OUT/runs/<task>_<model>_s<seed>_<key>.json``, ``key`` a hash of the run's
+configuration (:meth:`RunConfig.key`), so an interrupted suite resumes and a finished run is not repeated
+(``force=True`` reruns). :mod:`rnnzoo.bench.report` turns the results into a table, JSON and a plot.
+
+Accuracy is the fraction of scored positions predicted right; scaled accuracy is
+``(acc - chance) / (1 - chance)`` (0 at chance, 1 perfect), as in Grazzi et al. 2024.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..models import SequenceModel
+from .suites import RunConfig, Suite
+
+__all__ = [
+    "RunDone", "TrainProgress", "accuracy_at", "cache_path", "evaluate", "run_suite", "scaled_accuracy", "train_run",
+    "train_lengths_to_score",
+]  # fmt: skip
+
+
+EVAL_CHUNK = 64
+
+
+def scaled_accuracy(accuracy: float, chance: float) -> float:
+    """``(accuracy - chance) / (1 - chance)``."""
+    return (accuracy - chance) / (1 - chance)
+
+
+@dataclass
+class TrainProgress:
+    """What :func:`train_run` reports every ``eval_every`` steps."""
+
+    step: int
+    loss: float
+    accuracy: float  # mean over the last eval_every training batches
+
+
+def _lr_factor(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def _masked_loss_and_hits(model: SequenceModel, batch) -> tuple[torch.Tensor, int, int]:
+    """Cross-entropy over the scored positions, and the number right and scored."""
+    logits, _ = model(batch.inputs)
+    scored = logits[batch.mask]
+    targets = batch.targets[batch.mask]
+    loss = F.cross_entropy(scored.float(), targets)
+    return loss, int((scored.argmax(-1) == targets).sum()), targets.numel()
+
+
+@torch.no_grad()
+def accuracy_at(model: SequenceModel, task, length: int, batch_size: int, generator: torch.Generator) -> float:
+    """Accuracy on the scored positions of ``batch_size`` sequences of ``length`` tokens (in chunks of at
+    most ``EVAL_CHUNK`` sequences, which bounds the memory of long test lengths)."""
+    right = total = 0
+    for start in range(0, batch_size, EVAL_CHUNK):
+        batch = task.sample(min(EVAL_CHUNK, batch_size - start), length, generator)
+        _, hits, scored = _masked_loss_and_hits(model, batch)
+        right, total = right + hits, total + scored
+    return right / total
+
+
+def train_lengths_to_score(task, count: int) -> list[int]:
+    """``count`` lengths spread evenly over the task's training range (fewer if the range is short)."""
+    low, high = task.train_lengths
+    return sorted({round(low + (high - low) * i / max(count - 1, 1)) for i in range(count)})
+
+
+def evaluate(model: SequenceModel, task, batch_size: int, seed: int, n_train_lengths: int) -> dict:
+    """Accuracy at training lengths (the mean over :func:`train_lengths_to_score`) and at each test length,
+    every length from its own generator seeded by ``seed`` and the length (so the data do not depend on
+    which lengths are scored)."""
+    was_training = model.training
+    model.eval()
+    generator = lambda length: torch.Generator().manual_seed(seed * 100_003 + length)  # noqa: E731
+    lengths = train_lengths_to_score(task, n_train_lengths)
+    train = [accuracy_at(model, task, n, batch_size, generator(n)) for n in lengths]
+    test = {n: accuracy_at(model, task, n, batch_size, generator(n)) for n in task.test_lengths}
+    model.train(was_training)
+    return {"train": sum(train) / len(train), "test": test}
+
+
+def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | None = None) -> dict:
+    """Train and evaluate one run; returns its result record (JSON-able).
+
+    The model is initialised from ``torch.manual_seed(seed)``; the training data come from a generator seeded
+    with ``seed``. The run stops at ``budget.steps`` steps, after ``budget.seconds`` seconds of training, or
+    when solved (:class:`~rnnzoo.bench.suites.TrainSettings`); evaluation time is not part of the budget.
+    """
+    settings, budget = run.train, run.budget
+    task = run.task.make()
+    model_config = run.model_config(task)
+    torch.manual_seed(run.seed)
+    model = SequenceModel(**model_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.warmup_steps))
+    generator = torch.Generator().manual_seed(run.seed)
+    low, high = task.train_lengths
+    max_steps = budget.steps if budget.steps is not None else math.inf
+    max_seconds = budget.seconds if budget.seconds is not None else math.inf
+
+    history: list[list[float]] = []  # [step, loss, accuracy] at each check
+    window_right = window_total = 0
+    window_loss, solved_streak, step, stopped = 0.0, 0, 0, "steps"
+    cpu_start, start = time.process_time(), time.perf_counter()
+    while step < max_steps:
+        if time.perf_counter() - start >= max_seconds:
+            stopped = "time"
+            break
+        length = int(torch.randint(low, high + 1, (1,), generator=generator))
+        batch = task.sample(settings.batch_size, length, generator)
+        loss, right, total = _masked_loss_and_hits(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        last_loss = loss.item()
+        if not math.isfinite(last_loss):
+            stopped = "diverged"
+            break
+        window_loss += last_loss
+        window_right, window_total = window_right + right, window_total + total
+        if step % settings.eval_every == 0:
+            progress = TrainProgress(step, window_loss / settings.eval_every, window_right / window_total)
+            history.append([step, round(progress.loss, 5), round(progress.accuracy, 5)])
+            if on_progress is not None:
+                on_progress(progress)
+            solved_streak = solved_streak + 1 if progress.accuracy >= settings.solved_accuracy else 0
+            window_right = window_total = 0
+            window_loss = 0.0
+            if solved_streak >= settings.solved_evals:
+                stopped = "solved"
+                break
+    train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    result = evaluate(model, task, settings.eval_batch_size, settings.eval_seed, settings.train_eval_lengths)
+    chance = task.chance
+    test = result["test"]
+    return {
+        "key": run.key(),
+        "config": run.describe(),
+        "task": run.task.name,
+        "model": run.model.display,
+        "seed": run.seed,
+        "params": model.num_parameters(),
+        "d_model": model_config["d_model"],
+        "chance": chance,
+        "train_lengths": list(task.train_lengths),
+        "steps": step,
+        "stopped": stopped,
+        "train_seconds": round(train_seconds, 3),
+        "train_cpu_seconds": round(train_cpu, 3),
+        "eval_seconds": round(time.perf_counter() - start - train_seconds, 3),
+        "eval_cpu_seconds": round(time.process_time() - cpu_start - train_cpu, 3),
+        "threads": torch.get_num_threads(),
+        "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "accuracy": {"train": result["train"], **{str(n): a for n, a in test.items()}},
+        "scaled": {
+            "train": scaled_accuracy(result["train"], chance),
+            **{str(n): scaled_accuracy(a, chance) for n, a in test.items()},
+        },
+        "history": history,
+    }
+
+
+# ----------------------------------------------------------------------------
+# running a suite, with a cache of finished runs
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60]
+
+
+def cache_path(out: str | Path, run: RunConfig) -> Path:
+    """Where a run's result is cached under ``out``."""
+    return Path(out) / "runs" / f"{_slug(run.task.name)}_{_slug(run.model.display)}_s{run.seed}_{run.key()}.json"
+
+
+def _load_cached(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class RunDone:
+    """What :func:`run_suite` reports after each run: its result, whether it came from the cache, or its error."""
+
+    index: int
+    total: int
+    run: RunConfig
+    result: dict | None
+    cached: bool
+    error: str | None = None
+
+
+def _run_title(run: RunConfig, index: int, total: int) -> str:
+    return f"[{index + 1}/{total}] {run.task.name} · {run.model.display} · seed {run.seed}"
+
+
+def _run_line(event: RunDone) -> str:
+    """One line about a finished run: how it ended and its accuracy at train lengths and the longest test length."""
+    if event.error:
+        from rich.markup import escape
+
+        return f"{_run_title(event.run, event.index, event.total)}: [red]error[/] {escape(event.error)}"
+    r = event.result
+    longest = str(max(int(n) for n in r["accuracy"] if n != "train"))
+    how = "cached" if event.cached else f"{r['steps']} steps in {r['train_seconds']:.1f} s ({r['stopped']})"
+    return (
+        f"{_run_title(event.run, event.index, event.total)}: {how}; accuracy {r['accuracy']['train']:.3f} at "
+        f"training lengths, {r['accuracy'][longest]:.3f} at {longest}"
+    )
+
+
+class _Display:
+    """Rich progress bars on a terminal (one per run: steps, loss, accuracy; one over all runs), else a line
+    per finished run; nothing if ``quiet``."""
+
+    def __init__(self, console, total: int, quiet: bool) -> None:
+        self.console = None if quiet else console
+        self.progress = self.bar = None
+        if self.console is not None and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"), console=self.console,
+            )  # fmt: skip
+            self.overall = self.progress.add_task("all runs", total=total, status="")
+
+    def __enter__(self) -> _Display:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def start(self, run: RunConfig, index: int, total: int) -> Callable[[TrainProgress], None] | None:
+        """A new bar for ``run``; returns the callback that moves it (None without bars)."""
+        if self.progress is None:
+            return None
+        bar = self.bar = self.progress.add_task(_run_title(run, index, total), total=run.budget.steps, status="")
+
+        def update(p: TrainProgress) -> None:
+            self.progress.update(bar, completed=p.step, status=f"loss {p.loss:.3f} acc {p.accuracy:.3f}")
+
+        return update
+
+    def done(self, event: RunDone) -> None:
+        if self.console is None:
+            return
+        if self.progress is None:
+            self.console.print(_run_line(event), highlight=False)
+            return
+        if self.bar is not None:
+            self.progress.remove_task(self.bar)
+            self.bar = None
+        self.progress.advance(self.overall)
+        self.progress.console.print(_run_line(event), highlight=False)
+
+
+def run_suite(
+    suite: Suite | Sequence[RunConfig],
+    out: str | Path,
+    *,
+    force: bool = False,
+    threads: int | None = None,
+    console=None,
+    quiet: bool = False,
+    on_run: Callable[[RunDone], None] | None = None,
+) -> list[dict]:
+    """Run every run of ``suite`` not already cached under ``out`` (all of them with ``force``), caching each
+    result as it finishes; returns the results in suite order (failed runs left out, reported to ``on_run``).
+
+    ``threads``: torch threads while training (restored afterwards; default: unchanged). Progress goes to
+    ``console`` (a rich Console; bars on a terminal, a line per run otherwise) unless ``quiet``.
+    """
+    runs = suite.runs() if isinstance(suite, Suite) else list(suite)
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    results = []
+    try:
+        with _Display(console, len(runs), quiet) as display:
+            for i, run in enumerate(runs):
+                path = cache_path(out, run)
+                cached = None if force else _load_cached(path)
+                if cached is not None:
+                    event = RunDone(i, len(runs), run, cached, cached=True)
+                else:
+                    try:
+                        result = train_run(run, display.start(run, i, len(runs)))
+                    except (RuntimeError, ValueError, TypeError) as e:  # one broken model must not sink a suite
+                        event = RunDone(i, len(runs), run, None, cached=False, error=f"{type(e).__name__}: {e}")
+                    else:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        partial = path.with_suffix(".partial")  # renamed when complete: no half-written cache
+                        partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+                        partial.replace(path)
+                        event = RunDone(i, len(runs), run, result, cached=False)
+                if event.result is not None:
+                    results.append(event.result)
+                display.done(event)
+                if on_run is not None:
+                    on_run(event)
+    finally:
+        torch.set_num_threads(previous)
+    return results

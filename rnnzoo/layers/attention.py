@@ -1,0 +1,224 @@
+"""Softmax attention: the Transformer's causal multi-head self-attention with rotary positions and a KV cache.
+
+Vaswani et al. (2017), "Attention Is All You Need"; rotary positions from Su,
+Lu, Pan, Murtadha, Wen, Liu (2021), "RoFormer: Enhanced Transformer with Rotary
+Position Embedding". The baseline every recurrent model is compared with. Its
+"state" is the cache of every past key and value, which grows by one entry
+per token: O(t) memory and O(t) work per step, where a recurrent model's are
+O(1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_int
+from ..registry import register
+from .base import RecurrentState, SequenceLayer, state_dtype
+from .linear_attention import head_size, merge_heads, split_heads
+
+__all__ = ["Attention", "KVCache", "append_to_cache", "rotate"]
+
+ROTARY_BASE = 10000.0
+
+
+def rotate(u: Tensor, start: int, base: float = ROTARY_BASE) -> Tensor:
+    """Rotary position embedding of ``u`` ``(batch, heads, time, d)`` whose first token is at position ``start``.
+
+    Each pair ``(u_{2i}, u_{2i+1})`` of the token at position ``n`` is rotated by
+    the angle ``n θ_i``, ``θ_i = base^{-2i/d}`` (RoFormer's interleaved pairs, as
+    RetNet here; the half-split layout of GPT-NeoX and LLaMA is a permutation of
+    the q and k weights), so that ``rotate(q)_n · rotate(k)_m`` depends on
+    ``n - m`` only. The angles are computed in float64 (exact positions,
+    accurate at any context length).
+    """
+    half = u.shape[-1] // 2
+    positions = torch.arange(start, start + u.shape[2], dtype=torch.float64, device=u.device)
+    theta = base ** (-torch.arange(half, dtype=torch.float64, device=u.device) / half)
+    angle = positions[:, None] * theta  # (time, d / 2)
+    cos, sin = angle.cos().to(u.dtype), angle.sin().to(u.dtype)
+    even, odd = u[..., 0::2], u[..., 1::2]
+    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
+
+
+@dataclass
+class _Room:
+    """Preallocated key and value buffers ``(batch, heads, capacity, d_head)`` whose first ``filled`` tokens
+    are written; the caches that view them share it."""
+
+    k: Tensor
+    v: Tensor
+    filled: int
+
+
+@dataclass
+class KVCache(RecurrentState):
+    """The rotated keys ``k`` and the values ``v`` of the ``t`` tokens seen, each ``(batch, heads, t, d_head)``.
+
+    The next token's position is ``t`` (:attr:`position`). ``_room``, when set,
+    holds the buffers that ``k`` and ``v`` are views of, with space for more
+    tokens (see :func:`append_to_cache`); it is not part of the state's value.
+    """
+
+    k: Tensor
+    v: Tensor
+    _room: _Room | None = field(default=None, repr=False, compare=False)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"k": self.k, "v": self.v}
+
+    @property
+    def position(self) -> int:
+        """Tokens seen so far: the position of the next one."""
+        return self.k.shape[2]
+
+
+def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
+    """The cache after the tokens ``k, v`` ``(batch, heads, n, d_head)``; ``cache`` itself stays valid.
+
+    Under autograd (a tensor requires grad) by concatenation, so gradients
+    reach the old cache. Otherwise the tokens are written in place into
+    buffers of twice the needed capacity (amortised doubling), so a step costs
+    O(n), not a copy of the whole cache. A buffer is written only at its end
+    (``filled == cache.position``): appending twice to one cache (branching
+    generation) copies the second branch into buffers of its own.
+    """
+    t, n = cache.position, k.shape[2]
+    if t == 0:
+        return KVCache(k, v)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (cache.k, cache.v, k, v)):
+        return KVCache(torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2))
+    room = cache._room
+    if (
+        room is None
+        or room.filled != t
+        or room.k.shape[2] < t + n
+        or (room.k.is_inference() and not torch.is_inference_mode_enabled())
+    ):
+        batch, heads, _, d_head = cache.k.shape
+        buffers = [cache.k.new_empty(batch, heads, 2 * (t + n), d_head) for _ in range(2)]
+        room = _Room(*buffers, filled=t)
+        room.k[:, :, :t], room.v[:, :, :t] = cache.k, cache.v
+    room.k[:, :, t : t + n], room.v[:, :, t : t + n] = k, v
+    room.filled = t + n
+    return KVCache(room.k[:, :, : t + n], room.v[:, :, : t + n], room)
+
+
+@register(
+    "attention",
+    family="Transformer",
+    engine="attention",
+    paper="Vaswani et al. 2017, Attention Is All You Need; Su et al. 2021, RoFormer (rotary positions)",
+)
+class Attention(SequenceLayer):
+    """Causal multi-head softmax attention with rotary positions, per head at position ``n``::
+
+        q_n, k_n, v_n = R_n W_q x_n,  R_n W_k x_n,  W_v x_n
+        o_n = Σ_{m<=n} softmax_m(q_n · k_m / sqrt(d_head)) v_m
+        y_n = W_o [o_n of every head]
+
+    ``R_n`` is the rotary embedding (:func:`rotate`), ``d_head = d_model /
+    num_heads`` (even). Projections have no biases (``W_q, W_k, W_v`` fused into
+    one linear map) and PyTorch's default initialisation.
+
+    Modes: ``"sdpa"`` runs ``F.scaled_dot_product_attention`` over the whole
+    input (``is_causal`` from an empty cache; after a cache, over cache and
+    input with the causal mask offset by the cache length); ``"recurrent"`` is
+    token by token through the cache, as :meth:`step`. State: :class:`KVCache`,
+    which ``layer(x2, state)`` continues at the right positions. For
+    half-precision parameters the cache and the attention are float32.
+    """
+
+    parallel_modes = ("sdpa",)
+
+    def __init__(self, d_model: int, num_heads: int = 4, rotary_base: float = ROTARY_BASE, mode: str = "auto") -> None:
+        super().__init__(d_model, mode)
+        self.num_heads = check_int("Attention", "num_heads", num_heads)
+        self.head_dim = head_size("Attention", "d_model", d_model, num_heads)
+        if self.head_dim % 2:
+            raise ValueError(f"Attention: d_model / num_heads = {self.head_dim} must be even (rotary pairs)")
+        if not rotary_base > 1:
+            raise ValueError(f"Attention: `rotary_base` must be > 1, got {rotary_base!r}")
+        self.rotary_base = float(rotary_base)
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        kw = self._state_kwargs(device, dtype)
+        kw["dtype"] = state_dtype(kw["dtype"])
+        empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, **kw)
+        return KVCache(empty, empty.clone())
+
+    def _qkv(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(q, k, v)`` ``(batch, heads, time, d_head)`` in the state dtype, rotated from position ``start``."""
+        heads = split_heads(self.qkv_proj(x), 3 * self.num_heads, state_dtype(x.dtype))  # q, k, v heads in turn
+        q, k = rotate(heads[:, : 2 * self.num_heads], start, self.rotary_base).chunk(2, 1)
+        return q, k, heads[:, 2 * self.num_heads :]
+
+    def _attend(self, q: Tensor, cache: KVCache) -> Tensor:
+        """Outputs of queries ``q`` ``(batch, heads, n, d_head)``, the cache's last ``n`` tokens, over the cache."""
+        n, length = q.shape[2], cache.position
+        if n == 1:
+            return F.scaled_dot_product_attention(q, cache.k, cache.v)
+        if n == length:
+            return F.scaled_dot_product_attention(q, cache.k, cache.v, is_causal=True)
+        visible = torch.arange(length, device=q.device) <= torch.arange(length - n, length, device=q.device)[:, None]
+        return F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=visible)
+
+    def _mix(self, x: Tensor, cache: KVCache | None, mode: str) -> tuple[Tensor, KVCache]:
+        """Per-head outputs ``(batch, heads, time, d_head)`` and the cache after ``x``."""
+        cache = self.init_state(x.shape[0], x.device, x.dtype) if cache is None else cache
+        q, k, v = self._qkv(x, cache.position)
+        if mode == "sdpa":
+            cache = append_to_cache(cache, k, v)
+            return self._attend(q, cache), cache
+        outputs = []
+        for q_t, k_t, v_t in zip(q.split(1, 2), k.split(1, 2), v.split(1, 2)):
+            cache = append_to_cache(cache, k_t, v_t)
+            outputs.append(self._attend(q_t, cache))
+        return torch.cat(outputs, 2), cache
+
+    def _forward(self, x: Tensor, state: KVCache | None, mode: str) -> tuple[Tensor, KVCache]:
+        o, cache = self._mix(x, state, mode)
+        return self.out_proj(merge_heads(o, x.dtype)), cache
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        """``M[b, h, t, s] = softmax_s((R_t q_t)·(R_s k_s) / sqrt(d_head))`` for ``s <= t``, from position 0:
+        the attention weights. Groups are the heads."""
+        q, k, _ = self._qkv(x, 0)
+        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+        return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(v, o)`` per head, before the output projection (from position 0)."""
+        return self._qkv(x, 0)[2], self._mix(x, None, self.parallel_modes[0])[0]
+
+    def _check_state(self, state: KVCache | None, batch_size: int) -> None:
+        """A cache of any length ``t``: ``k`` and ``v`` ``(batch, heads, t, d_head)``."""
+        if state is None:
+            return
+        if not isinstance(state, KVCache):
+            raise TypeError(
+                f"Attention: `state` must be a KVCache (from this layer's init_state, forward or step), "
+                f"got {type(state).__name__}"
+            )
+        want = (batch_size, self.num_heads, self.head_dim)
+        for name, got in state.tensors().items():
+            shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+            if not isinstance(got, Tensor) or got.dim() != 4 or (*got.shape[:2], got.shape[3]) != want:
+                raise ValueError(
+                    f"Attention: `state.{name}` must have shape ({batch_size}, {self.num_heads}, t, {self.head_dim}) "
+                    f"(batch={batch_size}, heads, tokens seen, d_head), got {shape}; was the state made for another "
+                    f"batch size or layer?"
+                )
+        if state.k.shape[2] != state.v.shape[2]:
+            tokens = f"{state.k.shape[2]} and {state.v.shape[2]}"
+            raise ValueError(f"Attention: `state.k` and `state.v` must hold as many tokens, got {tokens}")
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, num_heads={self.num_heads}, head_dim={self.head_dim}"

@@ -1,0 +1,223 @@
+"""ParaGRU and ParaLSTM: GRU and LSTM cells with diagonal recurrent weights, trained by Newton's method.
+
+Danieli, Rodriguez, Sarabia, Suau, Zappella (2025), "ParaRNN: Unlocking Parallel Training of Nonlinear RNNs
+for Large Language Models" (reference code: apple/ml-pararnn, ``pararnn/rnn_cell/gru_diag_mh.py`` and
+``lstm_cifg_diag_mh.py``). Making every recurrent weight diagonal keeps the cells nonlinear but makes the
+Jacobian ``∂h_t/∂h_{t-1}`` diagonal (GRU) or 2×2-block-diagonal (LSTM, state (c, h)), so Newton's method solves
+the whole sequence with a linear scan per iteration (engine 1, :mod:`rnnzoo.ops.newton`). Each layer also runs
+its plain sequential loop (``mode="recurrent"``, used by ``step``).
+
+Departures from the reference: the input weights are one dense ``nn.Linear`` (the reference splits them into
+block-diagonal heads; ``num_heads = 1`` there is this layer), and the Newton solver stops at a tolerance
+instead of after a fixed 3 iterations. Initialisation follows the reference: ``A``, ``C`` ~ N(0, 2 / sqrt(5 d))
+("xlstm"), input weights Xavier-uniform with fan-in and fan-out d, biases 0 except the first gate's,
+``-linspace(0, 1, d)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_int
+from ..ops.newton import DEFAULT_MAX_ITERS, Cell, NewtonInfo, nonlinear_recurrence
+from ..registry import register
+from .base import DiagonalState, RecurrentState, SequenceLayer, state_dtype
+
+__all__ = ["ParaGRU", "ParaLSTM", "ParaLSTMState", "para_gru_cell", "para_lstm_cell"]
+
+
+def para_gru_cell(h: Tensor, pre: Tensor, A: Tensor, *, jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
+    """One ParaGRU step, element-wise over leading dims: ``h`` ``(..., d)``, ``pre`` ``(..., 3, d)`` the input
+    pre-activations ``B x + b`` of (z, r, n), ``A`` ``(3, d)`` the diagonal recurrent weights.
+
+    ``J = ∂h_t/∂h_{t-1} = (1 - z) + z(1 - z) a_z (n - h) + z (1 - n²) a_n (r + h r(1 - r) a_r)`` (diagonal).
+    """
+    a_z, a_r, a_n = A.unbind(0)
+    p_z, p_r, p_n = pre.unbind(-2)
+    z = torch.sigmoid(torch.addcmul(p_z, a_z, h))
+    r = torch.sigmoid(torch.addcmul(p_r, a_r, h))
+    rh = r * h
+    n = torch.tanh(torch.addcmul(p_n, a_n, rh))
+    n_minus_h = n - h
+    h_new = torch.addcmul(h, z, n_minus_h)
+    if not jacobian:
+        return h_new, None
+    keep = 1 - z
+    d_reset = torch.addcmul(r, rh * (1 - r), a_r)  # ∂(r h)/∂h
+    d_cand = (1 - n * n) * a_n * d_reset  # ∂n/∂h
+    jac = keep + z * (keep * a_z * n_minus_h + d_cand)
+    return h_new, jac
+
+
+def para_lstm_cell(
+    state: Tensor, pre: Tensor, A: Tensor, C: Tensor, *, jacobian: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """One ParaLSTM step, element-wise over leading dims: ``state`` ``(..., 2, d)`` holds (c, h), ``pre``
+    ``(..., 3, d)`` the input pre-activations of (f, o, c~), ``A`` ``(3, d)`` the diagonal weights on ``h_{t-1}``,
+    ``C`` ``(2, d)`` the peepholes of f (on ``c_{t-1}``) and o (on ``c_t``).
+
+    ``J`` ``(..., 2, 2, d)`` is ``[[∂c/∂c', ∂c/∂h'], [∂h/∂c', ∂h/∂h']]`` per channel (primes: step t-1).
+    """
+    c_prev, h_prev = state.unbind(-2)
+    a_f, a_o, a_c = A.unbind(0)
+    w_f, w_o = C.unbind(0)
+    p_f, p_o, p_c = pre.unbind(-2)
+    f = torch.sigmoid(p_f + a_f * h_prev + w_f * c_prev)
+    cand = torch.tanh(torch.addcmul(p_c, a_c, h_prev))
+    gap = c_prev - cand
+    c = torch.addcmul(cand, f, gap)
+    o = torch.sigmoid(p_o + a_o * h_prev + w_o * c)
+    tanh_c = torch.tanh(c)
+    h = o * tanh_c
+    new = torch.stack([c, h], dim=-2)
+    if not jacobian:
+        return new, None
+    d_f = f * (1 - f)
+    d_o = o * (1 - o)
+    j_cc = torch.addcmul(f, d_f * w_f, gap)
+    j_ch = d_f * a_f * gap + (1 - f) * (1 - cand * cand) * a_c
+    dh_dc = d_o * w_o * tanh_c + o * (1 - tanh_c * tanh_c)  # through o's peephole and tanh(c)
+    j_hc = dh_dc * j_cc
+    j_hh = d_o * a_o * tanh_c + dh_dc * j_ch
+    jac = torch.stack([torch.stack([j_cc, j_ch], dim=-2), torch.stack([j_hc, j_hh], dim=-2)], dim=-3)
+    return new, jac
+
+
+@dataclass
+class ParaLSTMState(RecurrentState):
+    """``h`` and ``c``, each ``(batch, d_model)``."""
+
+    h: Tensor
+    c: Tensor
+
+
+class _ParaRNN(SequenceLayer):
+    """Shared shell: one input projection to the gates' pre-activations, diagonal recurrent weights, the engine.
+
+    ``tol``, ``max_iters`` and ``chunk_size`` configure the Newton solve (see :func:`nonlinear_recurrence`);
+    :attr:`newton_info` reports the last one (iterations, convergence).
+    """
+
+    parallel_modes = ("newton",)
+    n_gates = 3
+    cell: ClassVar[Cell]  # one step with its Jacobian, for the engine
+    recurrent_rows: ClassVar[dict[str, int]]  # the diagonal recurrent weights: name -> rows of d_model entries
+
+    def __init__(
+        self,
+        d_model: int,
+        mode: str = "auto",
+        tol: float | None = None,
+        max_iters: int = DEFAULT_MAX_ITERS,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(d_model, mode)
+        where = type(self).__name__
+        if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+            raise ValueError(f"{where}: `tol` must be a positive float, got {tol!r}")
+        self.tol = tol
+        self.max_iters = check_int(where, "max_iters", max_iters)
+        self.chunk_size = None if chunk_size is None else check_int(where, "chunk_size", chunk_size)
+        self.newton_info: NewtonInfo | None = None
+        self.in_proj = nn.Linear(d_model, self.n_gates * d_model)
+        for name, rows in self.recurrent_rows.items():
+            setattr(self, name, nn.Parameter(torch.empty(rows, d_model)))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        d = self.d_model
+        bound = math.sqrt(6 / (2 * d))
+        self.in_proj.weight.uniform_(-bound, bound)
+        self.in_proj.bias.zero_()
+        self.in_proj.bias[:d] = -torch.linspace(0, 1, d)
+        for p in self._recurrent_weights():
+            p.normal_(0, 2 / math.sqrt(5 * d))
+
+    def _recurrent_weights(self) -> tuple[Tensor, ...]:
+        return tuple(getattr(self, name) for name in self.recurrent_rows)
+
+    def _recurrence(self, x: Tensor, h0: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+        """All states and the final state of the cell over ``x``, from ``h0``."""
+        pre = self.in_proj(x).unflatten(-1, (self.n_gates, self.d_model))
+        h, h_last, info = nonlinear_recurrence(
+            self.cell, (pre,), h0, self._recurrent_weights(), mode=mode, tol=self.tol,
+            max_iters=self.max_iters, chunk_size=self.chunk_size,
+        )  # fmt: skip
+        if info is not None:
+            self.newton_info = info
+        return h, h_last
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, tol={self.tol}, max_iters={self.max_iters}, chunk_size={self.chunk_size}"
+
+
+@register(
+    "paragru",
+    family="nonlinear RNN",
+    engine="newton",
+    paper="Danieli et al. 2025, ParaRNN: Unlocking Parallel Training of Nonlinear RNNs for Large Language Models",
+)
+class ParaGRU(_ParaRNN):
+    """GRU with diagonal recurrent weights (ParaRNN's ``GRUDiagMH``), per channel::
+
+        z = σ(B_z x + b_z + a_z h_{t-1}),   r = σ(B_r x + b_r + a_r h_{t-1})
+        n = tanh(B_n x + b_n + a_n (r h_{t-1}))
+        h_t = z n + (1 - z) h_{t-1}
+
+    Note the reference's convention (z weighs the candidate; ``nn.GRU``'s z weighs ``h_{t-1}``) and ``r``
+    acting on ``h_{t-1}`` before the recurrent weight. Output ``y_t = h_t``. State: ``DiagonalState(h)``,
+    ``h`` ``(batch, d_model)``. Modes: ``"newton"`` (parallel) and ``"recurrent"``.
+    """
+
+    cell = staticmethod(para_gru_cell)
+    recurrent_rows: ClassVar[dict[str, int]] = {"A": 3}
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> DiagonalState:
+        kw = self._state_kwargs(device, dtype)
+        return DiagonalState(torch.zeros(batch_size, self.d_model, device=kw["device"], dtype=state_dtype(kw["dtype"])))
+
+    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
+        h0 = (self.init_state(x.shape[0], x.device, x.dtype) if state is None else state).h
+        h, h_last = self._recurrence(x, h0, mode)
+        return h.to(x.dtype), DiagonalState(h_last)
+
+
+@register(
+    "paralstm",
+    family="nonlinear RNN",
+    engine="newton",
+    paper="Danieli et al. 2025, ParaRNN: Unlocking Parallel Training of Nonlinear RNNs for Large Language Models",
+)
+class ParaLSTM(_ParaRNN):
+    """LSTM with coupled input and forget gates, peepholes and diagonal recurrent weights (ParaRNN's
+    ``LSTMCIFGDiagMH``), per channel::
+
+        f   = σ(B_f x + b_f + a_f h_{t-1} + w_f c_{t-1})
+        c~  = tanh(B_c x + b_c + a_c h_{t-1})
+        c_t = f c_{t-1} + (1 - f) c~
+        o   = σ(B_o x + b_o + a_o h_{t-1} + w_o c_t)
+        h_t = o tanh(c_t)
+
+    The Newton state is (c, h) per channel, whose Jacobian is 2×2-block-diagonal: each iteration solves a
+    block scan (:func:`~rnnzoo.ops.block_scan.block_linear_scan`), as the reference does. Output ``y_t = h_t``.
+    State: :class:`ParaLSTMState`. Modes: ``"newton"`` (parallel) and ``"recurrent"``.
+    """
+
+    cell = staticmethod(para_lstm_cell)
+    recurrent_rows: ClassVar[dict[str, int]] = {"A": 3, "C": 2}
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> ParaLSTMState:
+        kw = self._state_kwargs(device, dtype)
+        zeros = torch.zeros(batch_size, self.d_model, device=kw["device"], dtype=state_dtype(kw["dtype"]))
+        return ParaLSTMState(h=zeros, c=zeros.clone())
+
+    def _forward(self, x: Tensor, state: ParaLSTMState | None, mode: str) -> tuple[Tensor, ParaLSTMState]:
+        state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
+        states, last = self._recurrence(x, torch.stack([state.c, state.h], dim=1), mode)
+        return states[:, :, 1].to(x.dtype), ParaLSTMState(h=last[:, 1], c=last[:, 0])

@@ -1,0 +1,313 @@
+"""A token-level sequence model around any registered layer: a causal LM or a per-position classifier.
+
+    h_0 = Embedding(tokens)
+    h_l = h_{l-1} + mixer_l(RMSNorm(h_{l-1}))        # any registered layer, with its state
+    h_l = h_l + MLP_l(RMSNorm(h_l))                   # SwiGLU or GELU (or none)
+    logits = Linear(RMSNorm(h_L))                     # per position: (batch, time, num_classes)
+
+The pre-norm residual block of GPT-2 / Llama (as in nanoGPT's ``model.py``), with the attention
+replaced by a layer from :mod:`rnnzoo.registry` chosen by name. The model's state is the list of its
+mixers' states, so it runs like its layers: in parallel over a sequence, continued through ``state``,
+or one token at a time with :meth:`SequenceModel.step`, all giving the same logits.
+
+>>> model = SequenceModel(vocab_size=16, mixer="mamba", d_model=32)
+>>> logits, state = model(torch.randint(16, (2, 10)))          # (2, 10, 16)
+>>> logits_t, state = model.step(torch.randint(16, (2,)), state)
+>>> size_d_model(100_000, vocab_size=16, mixer="mamba")        # the d_model of a ~100k-parameter model
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_int
+from ..layers.base import RecurrentState
+from ..registry import create, model_info
+
+__all__ = ["MLP", "MLP_KINDS", "Block", "SequenceModel", "size_d_model"]
+
+MLP_KINDS = ("swiglu", "gelu", "none")
+
+
+class MLP(nn.Module):
+    """The channel mixer: ``W_2 GELU(W_1 x)`` (``"gelu"``, hidden ``mlp_ratio · d``) or
+    ``W_2 (SiLU(W_1 x) ⊙ W_3 x)`` (``"swiglu"``, Shazeer 2020; hidden ``2/3 · mlp_ratio · d`` so both
+    kinds have about the same parameter count). Works on any leading shape."""
+
+    def __init__(self, d_model: int, kind: str = "swiglu", mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "swiglu":
+            d_hidden = max(1, round(2 / 3 * mlp_ratio * d_model))
+            self.w_in = nn.Linear(d_model, 2 * d_hidden, bias=False)
+            self.w_out = nn.Linear(d_hidden, d_model, bias=False)
+        else:
+            d_hidden = max(1, round(mlp_ratio * d_model))
+            self.w_in = nn.Linear(d_model, d_hidden)
+            self.w_out = nn.Linear(d_hidden, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kind == "swiglu":
+            gate, value = self.w_in(x).chunk(2, dim=-1)
+            return self.w_out(F.silu(gate) * value)
+        return self.w_out(F.gelu(self.w_in(x)))
+
+
+class Block(nn.Module):
+    """``x + mixer(RMSNorm(x))``, then ``x + MLP(RMSNorm(x))`` (no MLP with ``mlp="none"``)."""
+
+    def __init__(self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float) -> None:
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(d_model)
+        self.mixer = mixer
+        self.mlp_norm = nn.RMSNorm(d_model) if mlp != "none" else None
+        self.mlp = MLP(d_model, mlp, mlp_ratio) if mlp != "none" else None
+
+    def _mlp(self, x: Tensor) -> Tensor:
+        return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
+
+    def forward(self, x: Tensor, state: RecurrentState | None, mode: str | None) -> tuple[Tensor, RecurrentState]:
+        y, state = self.mixer(self.mixer_norm(x), state, mode=mode)
+        return self._mlp(x + y), state
+
+    def step(self, x_t: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState]:
+        y_t, state = self.mixer.step(self.mixer_norm(x_t), state)
+        return self._mlp(x_t + y_t), state
+
+
+def _takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.__init__).parameters
+
+
+class SequenceModel(nn.Module):
+    """Embedding, ``n_layers`` pre-norm residual blocks around the registered layer ``mixer``, final RMSNorm,
+    linear head to ``num_classes`` per position (``None``: ``vocab_size``, a causal LM).
+
+    ``mixer_kwargs`` go to every layer (e.g. ``{"negative_eigenvalues": True}``). A mixer taking
+    ``lower_bound`` (HGRN, HGRN2) that is not given one gets the bound rising with depth ``l / n_layers``
+    for layer ``l = 0..n_layers-1`` (the HGRN paper's learned bounds ``cumsum(softmax(Γ)) - softmax(Γ)_0``
+    at their zero initialisation, kept fixed here). Embedding and head are not tied.
+
+    The state is a list of the mixers' states, one per block.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int | None = None,
+        *,
+        mixer: str,
+        d_model: int,
+        n_layers: int = 2,
+        mixer_kwargs: dict | None = None,
+        mlp: str = "swiglu",
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        where = "SequenceModel"
+        self.vocab_size = check_int(where, "vocab_size", vocab_size)
+        self.num_classes = vocab_size if num_classes is None else check_int(where, "num_classes", num_classes)
+        self.d_model = check_int(where, "d_model", d_model)
+        self.n_layers = check_int(where, "n_layers", n_layers)
+        if mlp not in MLP_KINDS:
+            raise ValueError(f"{where}: `mlp` must be one of {MLP_KINDS}, got {mlp!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+            raise ValueError(f"{where}: `mlp_ratio` must be a number > 0, got {mlp_ratio!r}")
+        try:
+            layer_cls = model_info(mixer).cls
+        except ValueError as e:
+            raise ValueError(f"{where}: `mixer`: {e}") from None
+        mixer_kwargs = dict(mixer_kwargs or {})
+        self.mixer_name = mixer
+        self.mixer_kwargs = mixer_kwargs
+        rising_bound = "lower_bound" not in mixer_kwargs and _takes(layer_cls, "lower_bound")
+
+        def make_mixer(layer: int) -> nn.Module:
+            bound = {"lower_bound": layer / n_layers} if rising_bound else {}
+            return create(mixer, d_model, **mixer_kwargs, **bound)
+
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp, mlp_ratio) for i in range(n_layers))
+        self.norm = nn.RMSNorm(d_model)
+        self.head = nn.Linear(d_model, self.num_classes, bias=False)
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters (embedding and head included)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> list[RecurrentState]:
+        """Every mixer's initial (zero) state."""
+        return [block.mixer.init_state(batch_size, device=device, dtype=dtype) for block in self.blocks]
+
+    def forward(
+        self, tokens: Tensor, state: Sequence[RecurrentState] | None = None, *, mode: str | None = None
+    ) -> tuple[Tensor, list[RecurrentState]]:
+        """``tokens`` ``(batch, time)`` of ids in ``[0, vocab_size)`` -> ``(logits (batch, time, num_classes),
+        state)``; ``mode`` goes to every mixer (``"recurrent"``, ``"auto"`` or a parallel mode they all offer)."""
+        self._check_tokens(tokens, "tokens", ("batch", "time"))
+        states = self._check_state(state)
+        x = self.embedding(tokens)
+        new_states = []
+        for block, s in zip(self.blocks, states):
+            x, s = block(x, s, mode)
+            new_states.append(s)
+        return self.head(self.norm(x)), new_states
+
+    def step(
+        self, token: Tensor, state: Sequence[RecurrentState] | None = None
+    ) -> tuple[Tensor, list[RecurrentState]]:
+        """One token per sequence, ``token`` ``(batch,)`` -> ``(logits (batch, num_classes), state)``."""
+        self._check_tokens(token, "token", ("batch",))
+        states = self._check_state(state)
+        x = self.embedding(token)
+        new_states = []
+        for block, s in zip(self.blocks, states):
+            x, s = block.step(x, s)
+            new_states.append(s)
+        return self.head(self.norm(x)), new_states
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue ``prompt`` ``(batch, time)`` by ``max_new_tokens`` sampled tokens; returns
+        ``(batch, time + max_new_tokens)``. The prompt runs in parallel, then each new token by :meth:`step`.
+
+        Sampling from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens
+        (all if ``None``); ``temperature=0`` is greedy. Only for a causal LM (``num_classes == vocab_size``).
+        """
+        where = "SequenceModel.generate"
+        if self.num_classes != self.vocab_size:
+            raise ValueError(
+                f"{where}: needs a causal LM (num_classes == vocab_size), this model has "
+                f"num_classes={self.num_classes}, vocab_size={self.vocab_size}"
+            )
+        check_int(where, "max_new_tokens", max_new_tokens, minimum=0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ValueError(f"{where}: `temperature` must be a number >= 0, got {temperature!r}")
+        if top_k is not None:
+            check_int(where, "top_k", top_k)
+        logits, state = self(prompt)
+        logits, out = logits[:, -1], [prompt]
+        for i in range(max_new_tokens):
+            token = _sample(logits, temperature, top_k, generator)
+            out.append(token.unsqueeze(1))
+            if i + 1 < max_new_tokens:
+                logits, state = self.step(token, state)
+        return torch.cat(out, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"mixer={self.mixer_name!r}, mixer_kwargs={self.mixer_kwargs}, parameters={self.num_parameters():,}"
+
+    # -- checks -------------------------------------------------------------------
+
+    def _check_tokens(self, tokens: Tensor, name: str, dims: tuple[str, ...]) -> None:
+        where = f"SequenceModel ({self.mixer_name})"
+        shape = "(" + ", ".join(dims) + ")"
+        if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32):
+            got = tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise TypeError(f"{where}: `{name}` must be a torch.long tensor of token ids {shape}, got {got}")
+        if tokens.dim() != len(dims) or 0 in tokens.shape:
+            raise ValueError(f"{where}: `{name}` must have non-empty shape {shape}, got {tuple(tokens.shape)}")
+        low, high = tokens.min().item(), tokens.max().item()
+        if low < 0 or high >= self.vocab_size:
+            raise ValueError(
+                f"{where}: `{name}` must hold ids in [0, vocab_size={self.vocab_size}), got values in [{low}, {high}]"
+            )
+
+    def _check_state(self, state: Sequence[RecurrentState] | None) -> Sequence[RecurrentState | None]:
+        if state is None:
+            return [None] * self.n_layers
+        if not isinstance(state, (list, tuple)) or len(state) != self.n_layers:
+            sized = isinstance(state, (list, tuple))
+            got = f"a {type(state).__name__} of {len(state)}" if sized else type(state).__name__
+            raise ValueError(
+                f"SequenceModel: `state` must be a list of {self.n_layers} layer states (from init_state, forward "
+                f"or step), got {got}"
+            )
+        return state
+
+
+def _sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
+    """One token id per row of ``logits`` ``(batch, vocab)``."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def _count(d_model: int, model_config: dict) -> int | None:
+    """Parameters of the model at ``d_model`` (built on the meta device where the layers allow it, so no memory
+    is touched), or ``None`` if the layer rejects this ``d_model`` (e.g. not a multiple of its heads)."""
+    try:
+        try:
+            with torch.device("meta"):
+                return SequenceModel(d_model=d_model, **model_config).num_parameters()
+        except (RuntimeError, NotImplementedError):  # a layer reading a tensor's value at construction
+            return SequenceModel(d_model=d_model, **model_config).num_parameters()
+    except ValueError:
+        return None
+
+
+MAX_GAP = 256  # size_d_model gives up if no d_model in this many consecutive values builds
+
+
+def size_d_model(budget: int, *, max_d_model: int = 8192, **model_config) -> int:
+    """The ``d_model`` at which ``SequenceModel(d_model=..., **model_config)`` has the number of parameters
+    closest to ``budget``, among the values the mixer accepts (e.g. multiples of its heads) up to ``max_d_model``.
+
+    The count grows with ``d_model``: doubling finds an upper bound, bisection the first accepted ``d_model``
+    at or over budget, which is compared with the accepted one below it. If the mixer accepts none of
+    ``MAX_GAP`` consecutive values, the ``ValueError`` it raises is passed on.
+    """
+    check_int("size_d_model", "budget", budget)
+    check_int("size_d_model", "max_d_model", max_d_model)
+    if "d_model" in model_config:
+        raise TypeError("size_d_model: `d_model` is what it computes; pass the other model settings only")
+    counts: dict[int, int | None] = {}
+
+    def accepted_from(d: int, direction: int = 1) -> tuple[int, int] | None:
+        """The first accepted ``d_model`` from ``d`` on (``direction=-1``: downwards) and its count."""
+        for candidate in range(d, d + direction * MAX_GAP, direction):
+            if not 1 <= candidate <= max_d_model:
+                return None
+            if candidate not in counts:
+                counts[candidate] = _count(candidate, model_config)
+            if counts[candidate] is not None:
+                return candidate, counts[candidate]
+        if direction == 1:
+            SequenceModel(d_model=d, **model_config)  # raises the mixer's error
+        return None
+
+    hi = 8
+    while hi < max_d_model and (found := accepted_from(hi)) is not None and found[1] < budget:
+        hi *= 2
+    lo, hi = 1, min(hi, max_d_model)
+    while lo < hi:  # smallest d whose next accepted d_model reaches the budget
+        mid = (lo + hi) // 2
+        found = accepted_from(mid)
+        if found is not None and found[1] >= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    above = accepted_from(lo)
+    below = accepted_from((above[0] if above else lo) - 1, direction=-1)
+    candidates = [c for c in (above, below) if c is not None]
+    if not candidates:
+        raise ValueError(f"size_d_model: no d_model in [1, {max_d_model}] builds this model")
+    return min(candidates, key=lambda c: (abs(c[1] - budget), c[0]))[0]

@@ -1,0 +1,424 @@
+"""Engine 1: nonlinear recurrences ``h_t = f(h_{t-1}, x_t)``, step by step or all at once by Newton's method.
+
+DEER (Lim, Zhu, Selfridge, Kasim 2024, "Parallelizing non-linear sequential models over the sequence length")
+and ParaRNN (Danieli et al. 2025, "ParaRNN: Unlocking Parallel Training of Nonlinear RNNs for Large Language
+Models") treat the whole trajectory as the solution of the system ``h_t = f(h_{t-1}, x_t)``, t = 0..T-1 with
+``h_{-1} = h0``, and solve it by Newton's method: linearising f around a guess ``h'`` gives the *linear*
+recurrence ``h_t = J_t h_{t-1} + (f(h'_{t-1}, x_t) - J_t h'_{t-1})``, ``J_t = ∂f/∂h`` at ``h'_{t-1}``, which a
+parallel scan solves: engine 2 (:func:`~rnnzoo.ops.linear_scan.linear_scan`) when ``J_t`` is diagonal, the block
+scan (:func:`~rnnzoo.ops.block_scan.block_linear_scan`) when it has k×k blocks per channel.
+
+The cell. ``cell(h_prev, *xs, *params, jacobian) -> (h, J)`` computes one step, element-wise over any leading
+dimensions: the engine calls it on whole sequences ``(batch, time, ...)``, on all chunks at one step
+``(batch, chunks, ...)`` and on single steps. ``xs`` are the per-step inputs ``(batch, time, ...)`` (sliced in
+time by the engine), ``params`` tensors broadcast to every step (e.g. diagonal recurrent weights). With
+``jacobian=True`` it also returns ``J = ∂h/∂h_prev``: diagonal, of ``h``'s shape ``(..., *state)``, or block
+diagonal for a state ``(..., k, *channels)``, of shape ``(..., k, k, *channels)`` (``J[..., i, j, c]`` is
+``∂h_i/∂h_prev_j`` of channel c). Every tensor the cell depends on and that needs a gradient must come in
+through ``xs`` or ``params``.
+
+Newton on chunk boundaries (multiple shooting). Cut time into n chunks of C steps. One iteration runs every
+chunk at once from a guess ``H_j`` of its start state (C steps of the cell on ``(batch, n, ...)``), giving its
+end state ``E_j`` and the product ``P_j`` of its step Jacobians; the Newton update of the starts is the linear
+recurrence ``H_{j+1} = E_j + P_j (H_j^new - H_j)``, ``H_0 = h0``, solved by the scan. With ``C = 1`` this is
+exactly DEER's iteration (``H`` is the whole trajectory, ``P = J``); larger C trades parallel depth for less
+work and faster convergence. After k iterations the first k chunks are exact, so n iterations always
+converge; the iteration stops earlier when ``max |H^new - H| <= tol`` (:func:`default_tolerance`: 1e-10 for
+float64, 1e-5 for float32). The first guess of ``H_j`` is the state reached from zero over the last
+``min(C, 64)`` steps of chunk j - 1 (with C = 1, ParaRNN's ``f(0, x)``): a cell that forgets its start over
+that window (a GRU at initialisation does) converges in one iteration. The returned trajectory is the last run
+(from the starts whose update was at most ``tol``), whose Jacobians are kept for the backward pass. If
+``max_iters`` iterations do not converge (or the update is not finite), a :class:`NewtonConvergenceWarning`
+is issued and the sequential loop computes the result.
+
+Why chunks: on a CPU the per-step work of a layer (``batch x d`` numbers) is too small for the per-operation
+overhead, which is what makes the sequential loop slow, while DEER's whole-sequence passes need several
+iterations, each a full sweep of the cell and its Jacobian plus a scan. A chunk step works on
+``batch x n x d`` numbers; one sweep usually suffices. Default C: :func:`default_chunk_size` (1, DEER, on
+accelerators).
+
+Gradients (implicit function theorem). The solution satisfies ``h_t = f(h_{t-1}, θ_t)``; for a loss with
+``g_t = ∂L/∂h_t`` the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` is a reverse linear scan on the saved Jacobians,
+and ``∂L/∂θ`` is the vector-Jacobian product of ONE evaluation of f at the solution with ``λ`` (autograd, in
+time blocks of about ``VJP_BLOCK_ELEMENTS`` state numbers: at (8, 4096, 256), one thread, 307, 271, 322 and
+805 ms for 2^16, 2^18, 2^20 and all of them); ``∂L/∂h0 = J_0^T λ_0``. Nothing is differentiated through the
+iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from .block_scan import block_linear_scan, block_matmul, block_matvec, block_scan_adjoint
+from .linear_scan import _scan_backward as diagonal_scan_adjoint
+from .linear_scan import linear_scan
+
+__all__ = [
+    "Cell", "NewtonConvergenceWarning", "NewtonInfo", "default_chunk_size", "default_tolerance",
+    "nonlinear_recurrence", "nonlinear_recurrence_reference",
+]  # fmt: skip
+
+Cell = Callable[..., tuple[Tensor, "Tensor | None"]]
+MODES = ("newton", "recurrent")
+DEFAULT_MAX_ITERS = 50
+STEP_ELEMENTS = 2**16  # state numbers per chunk step that amortise the per-operation overhead
+VJP_BLOCK_ELEMENTS = 2**18  # state numbers per time block of the backward's vector-Jacobian product
+WARMUP_STEPS = 64  # steps run from zero to guess each chunk's start (~0.7^64 ≈ 1e-10 of the start left)
+
+
+class NewtonConvergenceWarning(RuntimeWarning):
+    """Newton's method did not converge within ``max_iters``; the sequential loop gave the result."""
+
+
+@dataclass(frozen=True)
+class NewtonInfo:
+    """How a Newton solve went: ``iterations`` run, whether they ``converged`` (if not, the sequential loop
+    computed the result), the last ``update`` ``max |H^new - H|`` and the ``chunk_size`` used."""
+
+    iterations: int
+    converged: bool
+    update: float
+    chunk_size: int
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """Stopping tolerance on ``max |H^new - H|``: 1e-10 for float64, else 1e-5 (half precision computes in float32).
+
+    Absolute, for states of order 1 (gated cells keep them in [-1, 1]): well above the rounding floor of the
+    update (a few ulp) and below the agreement expected from the sequential loop.
+    """
+    return 1e-10 if dtype == torch.float64 else 1e-5
+
+
+def default_chunk_size(length: int, step_elements: int, device: torch.device) -> int:
+    """Steps per chunk for ``length`` steps of ``step_elements`` state numbers each (batch x state size).
+
+    On CPU, the larger of ``round(sqrt(T))`` (fewest operations when each is small) and the size that gives
+    each chunk step about ``STEP_ELEMENTS`` numbers (``n_chunks x step_elements``), enough to amortise the
+    per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (ParaGRU forward,
+    one thread, CPU time: 466, 256, 201, 215, 203 ms for C = 32, 64, 128, 256, 512). On accelerators, 1
+    (DEER): there a step over whole sequences is one kernel per operation, and a few full-length iterations
+    beat many chunk steps (not timed here).
+    """
+    if device.type != "cpu":
+        return 1
+    return min(length, max(round(math.sqrt(length)), math.ceil(length * step_elements / STEP_ELEMENTS)))
+
+
+# ----------------------------------------------------------------------------
+# checks
+
+
+def _check_inputs(
+    cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: Sequence[Tensor]
+) -> tuple[list[Tensor], Tensor, list[Tensor]]:
+    """Validate the arguments; return ``(xs, h0, params)`` in one compute dtype (half precision -> float32)."""
+    where = "nonlinear_recurrence"
+    if not callable(cell):
+        raise TypeError(f"{where}: `cell` must be callable as cell(h_prev, *xs, *params, jacobian=...)")
+    if isinstance(xs, Tensor) or len(xs) == 0:
+        raise TypeError(f"{where}: `xs` must be a non-empty sequence of (batch, time, ...) tensors")
+    for name, group in (("xs", xs), ("params", params)):
+        for i, t in enumerate(group):
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise TypeError(f"{where}: `{name}[{i}]` must be a real floating-point torch.Tensor")
+    if not isinstance(h0, Tensor) or not h0.is_floating_point():
+        raise TypeError(f"{where}: `h0` must be a real floating-point torch.Tensor of shape (batch, *state)")
+    batch_time = tuple(xs[0].shape[:2])
+    for i, x in enumerate(xs):
+        if x.dim() < 2 or tuple(x.shape[:2]) != batch_time:
+            raise ValueError(
+                f"{where}: `xs[{i}]` must have shape (batch, time, ...) = {batch_time + ('...',)}, got {tuple(x.shape)}"
+            )
+    if batch_time[1] == 0:
+        raise ValueError(f"{where}: the time dimension (dim 1) of `xs` is empty; need at least one step")
+    if h0.dim() < 2 or h0.shape[0] != batch_time[0]:
+        raise ValueError(f"{where}: `h0` must have shape (batch={batch_time[0]}, *state), got {tuple(h0.shape)}")
+    dtype = h0.dtype
+    for t in (*xs, *params):
+        dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    return [x.to(dtype) for x in xs], h0.to(dtype), [p.to(dtype) for p in params]
+
+
+def _jacobian_is_diagonal(cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: Sequence[Tensor]) -> bool:
+    """Evaluate the cell on the first step and classify its Jacobian: diagonal (True) or k×k blocks (False)."""
+    h_prev = h0.unsqueeze(1)
+    h, jac = cell(h_prev, *(x[:, :1] for x in xs), *params, jacobian=True)
+    where = "nonlinear_recurrence"
+    if not isinstance(h, Tensor) or h.shape != h_prev.shape:
+        got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
+        raise ValueError(
+            f"{where}: the cell must return a state of the shape it is given, {tuple(h_prev.shape)}; got {got}"
+        )
+    if isinstance(jac, Tensor) and jac.shape == h.shape:
+        return True
+    block = (*h.shape[:3], *h.shape[2:])
+    if isinstance(jac, Tensor) and h.dim() >= 3 and jac.shape == block:
+        return False
+    got = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
+    raise ValueError(
+        f"{where}: with jacobian=True the cell must return J of the state's shape {tuple(h.shape)} (diagonal) "
+        f"or {block} (k×k blocks); got {got}"
+    )
+
+
+# ----------------------------------------------------------------------------
+# the sequential loop
+
+
+def nonlinear_recurrence_reference(
+    cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: Sequence[Tensor] = ()
+) -> tuple[Tensor, Tensor]:
+    """The recurrent form: ``h_t = f(h_{t-1}, x_t)`` one step at a time (differentiated by autograd).
+
+    Arguments as in :func:`nonlinear_recurrence`. Returns ``(h, h_last)``: all states ``(batch, time, *state)``
+    and the final state.
+    """
+    xs, h0, params = _check_inputs(cell, xs, h0, params)
+    h, hs = h0, []
+    for x_t in zip(*(x.unbind(1) for x in xs)):
+        h, _ = cell(h, *x_t, *params, jacobian=False)
+        hs.append(h)
+    return torch.stack(hs, dim=1), h
+
+
+# ----------------------------------------------------------------------------
+# Newton's method
+
+
+def _apply(jac: Tensor, v: Tensor, diagonal: bool) -> Tensor:
+    return jac * v if diagonal else block_matvec(jac, v)
+
+
+def _run(
+    cell: Cell,
+    steps: Iterable[tuple[Tensor, ...]],
+    params: Sequence[Tensor],
+    start: Tensor,
+    out: Iterable[Tensor],
+    jac_out: Iterable[Tensor],
+    diagonal: bool,
+) -> tuple[Tensor, Tensor]:
+    """Run the cell from ``start`` over ``steps`` (per step, the inputs' views), writing each state and Jacobian
+    to ``out`` and ``jac_out``; return the end state and the product of the Jacobians (last step leftmost)."""
+    h, product = start, None
+    for x_t, out_t, jac_t in zip(steps, out, jac_out):
+        h, jac = cell(h, *x_t, *params, jacobian=True)
+        out_t.copy_(h)
+        jac_t.copy_(jac)
+        product = jac if product is None else (jac * product if diagonal else block_matmul(jac, product))
+    return h, product
+
+
+def _loop(
+    cell: Cell,
+    xs: Sequence[Tensor],
+    params: Sequence[Tensor],
+    start: Tensor,
+    h: Tensor,
+    jac: Tensor,
+    begin: int,
+    diagonal: bool,
+) -> None:
+    """The sequential loop over steps ``begin..T-1`` from ``start`` ``(batch, 1, *state)``, writing each state and
+    Jacobian into ``h`` and ``jac``."""
+    steps = zip(*(x[:, begin:].split(1, dim=1) for x in xs))
+    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), jac[:, begin:].split(1, dim=1), diagonal)
+
+
+def _chunk_views(t: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, ...]:
+    """The C per-step views ``(batch, n_chunks, ...)`` of the first ``n_chunks x C`` steps of ``t``."""
+    return t[:, : n_chunks * chunk].unflatten(1, (n_chunks, chunk)).unbind(2)
+
+
+@dataclass
+class _Solve:
+    """Settings of one solve, and where it reports back."""
+
+    n_xs: int
+    tol: float
+    max_iters: int
+    chunk_size: int
+    info: NewtonInfo | None = None
+
+
+def _first_guess(
+    cell: Cell, xs: Sequence[Tensor], params: Sequence[Tensor], h0: Tensor, n_chunks: int, chunk: int
+) -> Tensor:
+    """First guess of the chunk starts ``(batch, n_chunks, *state)``: ``h0``, then for chunk j >= 1 the state
+    reached from zero over the last ``W = min(C, WARMUP_STEPS)`` steps of chunk j - 1 (with C = 1, ``f(0, x)``
+    as in ParaRNN). A cell that forgets its start over W steps makes this guess exact to rounding, so one
+    iteration converges; it costs ``W / C`` of a sweep without Jacobians."""
+    warm = min(chunk, WARMUP_STEPS)
+    previous = (n_chunks - 1) * chunk
+    h = h0.new_zeros(h0.shape[0], n_chunks - 1, *h0.shape[1:])
+    windows = [x[:, :previous].unflatten(1, (n_chunks - 1, chunk))[:, :, chunk - warm :] for x in xs]
+    for x_t in zip(*(w.unbind(2) for w in windows)):
+        h, _ = cell(h, *x_t, *params, jacobian=False)
+    return torch.cat([h0.unsqueeze(1), h], dim=1)
+
+
+def _newton(
+    cell: Cell, xs: Sequence[Tensor], params: Sequence[Tensor], h0: Tensor, settings: _Solve
+) -> tuple[Tensor, Tensor, NewtonInfo]:
+    """All states and step Jacobians of the recurrence (no autograd), by Newton on chunk boundaries."""
+    diagonal = _jacobian_is_diagonal(cell, xs, h0, params)
+    batch, length = xs[0].shape[:2]
+    chunk = min(settings.chunk_size, length)
+    n_chunks = length // chunk
+    main = n_chunks * chunk
+    h = h0.new_empty(batch, length, *h0.shape[1:])
+    jac = h0.new_empty(batch, length, *(h0.shape[1:] if diagonal else (h0.shape[1], *h0.shape[1:])))
+    steps = list(zip(*(_chunk_views(x, n_chunks, chunk) for x in xs)))
+    h_views, jac_views = _chunk_views(h, n_chunks, chunk), _chunk_views(jac, n_chunks, chunk)
+    scan = linear_scan if diagonal else block_linear_scan
+    first = h0.unsqueeze(1)
+
+    starts = _first_guess(cell, xs, params, h0, n_chunks, chunk)
+    converged, update, iterations = False, math.inf, 0
+    for iterations in range(1, settings.max_iters + 1):
+        ends, product = _run(cell, steps, params, starts, h_views, jac_views, diagonal)
+        if n_chunks == 1:
+            converged, update = True, 0.0
+            break
+        a = product[:, :-1]
+        new, _ = scan(a, ends[:, :-1] - _apply(a, starts[:, :-1], diagonal), h0)
+        update = (new - starts[:, 1:]).abs().max().item()
+        starts = torch.cat([first, new], dim=1)
+        if not math.isfinite(update):
+            break
+        if iterations >= n_chunks or update <= settings.tol:  # after k iterations the first k chunks are exact
+            converged = True
+            break
+    if converged:
+        if main < length:  # the ragged tail, after the last chunk
+            _loop(cell, xs, params, ends[:, -1:], h, jac, main, diagonal)
+    else:
+        warnings.warn(
+            f"nonlinear_recurrence: Newton's method did not converge in {iterations} iterations (last update "
+            f"{update:.3g} > tol {settings.tol:.3g}); computing the result with the sequential loop",
+            NewtonConvergenceWarning,
+            stacklevel=2,
+        )
+        _loop(cell, xs, params, first, h, jac, 0, diagonal)
+    return h, jac, NewtonInfo(iterations, converged, update, chunk)
+
+
+def _cell_vjp(
+    cell: Cell, n_xs: int, h: Tensor, h0: Tensor, inputs: Sequence[Tensor], lam: Tensor, needs: Sequence[bool]
+) -> list[Tensor | None]:
+    """Gradients of ``Σ_t λ_t · f(h_{t-1}, x_t, θ)`` w.r.t. the cell's inputs, by autograd on one evaluation of f
+    at the solution, in time blocks."""
+    if not any(needs):
+        return [None] * len(inputs)
+    h, h0, length = h.detach(), h0.detach(), h.shape[1]
+    block = max(1, VJP_BLOCK_ELEMENTS // h[:, 0].numel())
+    xs = inputs[:n_xs]
+    params = [p.detach().requires_grad_(need) for p, need in zip(inputs[n_xs:], needs[n_xs:])]
+    grads: list[Tensor | None] = [torch.empty_like(x) if need else None for x, need in zip(xs, needs)]
+    grads += [torch.zeros_like(p) if need else None for p, need in zip(params, needs[n_xs:])]
+    with torch.enable_grad():
+        for s in range(0, length, block):
+            e = min(length, s + block)
+            h_prev = h[:, s - 1 : e - 1] if s else torch.cat([h0.unsqueeze(1), h[:, : e - 1]], dim=1)
+            x_block = [x[:, s:e].detach().requires_grad_(need) for x, need in zip(xs, needs)]
+            out, _ = cell(h_prev, *x_block, *params, jacobian=False)
+            leaves = [t for t in (*x_block, *params) if t.requires_grad]
+            got = iter(torch.autograd.grad(out, leaves, lam[:, s:e], allow_unused=True))
+            for i, leaf in enumerate((*x_block, *params)):
+                if not leaf.requires_grad:
+                    continue
+                g = next(got)
+                if i < n_xs:
+                    grads[i][:, s:e] = 0 if g is None else g
+                elif g is not None:
+                    grads[i] += g
+    return grads
+
+
+class _NewtonRecurrence(torch.autograd.Function):
+    """Newton solve in the forward, the adjoint recurrence and one vector-Jacobian product in the backward."""
+
+    @staticmethod
+    def forward(ctx, cell: Cell, settings: _Solve, h0: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)
+        h, jac, settings.info = _newton(cell, inputs[: settings.n_xs], inputs[settings.n_xs :], h0, settings)
+        ctx.cell, ctx.n_xs = cell, settings.n_xs
+        ctx.save_for_backward(h, jac, h0, *inputs)
+        return h, h[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: Tensor | None, grad_last: Tensor | None):
+        h, jac, h0, *inputs = ctx.saved_tensors
+        if grad_h is None and grad_last is None:
+            return None, None, None, *([None] * len(inputs))
+        grad_h = torch.zeros_like(h) if grad_h is None else grad_h
+        diagonal = jac.dim() == h.dim()
+        adjoint = diagonal_scan_adjoint if diagonal else block_scan_adjoint
+        lam = adjoint(jac, grad_h, grad_last, None)
+        grad_h0 = None
+        if ctx.needs_input_grad[2]:
+            jac_0 = jac[:, :1] if diagonal else jac[:, :1].transpose(2, 3)
+            grad_h0 = _apply(jac_0, lam[:, :1], diagonal).squeeze(1)
+        grads = _cell_vjp(ctx.cell, ctx.n_xs, h, h0, inputs, lam, ctx.needs_input_grad[3:])
+        return None, None, grad_h0, *grads
+
+
+def nonlinear_recurrence(
+    cell: Cell,
+    xs: Sequence[Tensor],
+    h0: Tensor,
+    params: Sequence[Tensor] = (),
+    *,
+    mode: str = "newton",
+    tol: float | None = None,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor, NewtonInfo | None]:
+    """All states of ``h_t = f(h_{t-1}, x_t)``, by Newton's method (``mode="newton"``) or the loop (``"recurrent"``).
+
+    Args:
+        cell: ``cell(h_prev, *xs_t, *params, jacobian) -> (h, J)``, element-wise over leading dims (see the
+            module docstring).
+        xs: per-step inputs, each ``(batch, time, ...)``.
+        h0: initial state ``(batch, *state)``.
+        params: tensors passed whole to every call (broadcast over steps), e.g. recurrent weights.
+        mode: ``"newton"`` (parallel) or ``"recurrent"`` (:func:`nonlinear_recurrence_reference`).
+        tol: stop when ``max |H^new - H| <= tol``; default :func:`default_tolerance` of the compute dtype.
+        max_iters: Newton iterations before falling back to the sequential loop (with a warning).
+        chunk_size: steps per chunk, >= 1 (1 is DEER); default :func:`default_chunk_size`.
+
+    Returns:
+        ``(h, h_last, info)``: all states ``(batch, time, *state)`` in the compute dtype (float32 for half
+        precision), the final state, and a :class:`NewtonInfo` (``None`` for ``mode="recurrent"``). Gradients
+        flow to ``xs``, ``params`` and ``h0`` (implicit differentiation for ``"newton"``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"nonlinear_recurrence: `mode` must be one of {MODES}, got {mode!r}")
+    check_int("nonlinear_recurrence", "max_iters", max_iters)
+    if chunk_size is not None:
+        check_int("nonlinear_recurrence", "chunk_size", chunk_size)
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"nonlinear_recurrence: `tol` must be a positive float, got {tol!r}")
+    if mode == "recurrent":
+        return (*nonlinear_recurrence_reference(cell, xs, h0, params), None)
+    xs, h0, params = _check_inputs(cell, xs, h0, params)
+    length = xs[0].shape[1]
+    settings = _Solve(
+        n_xs=len(xs),
+        tol=default_tolerance(h0.dtype) if tol is None else float(tol),
+        max_iters=max_iters,
+        chunk_size=chunk_size or default_chunk_size(length, h0.numel(), h0.device),
+    )
+    h, h_last = _NewtonRecurrence.apply(cell, settings, h0, *xs, *params)
+    return h, h_last, settings.info

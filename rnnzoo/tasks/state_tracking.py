@@ -1,0 +1,180 @@
+"""Regular-language state tracking: parity, modular arithmetic, cycle navigation, even pairs.
+
+Delétang et al. (2023), "Neural Networks and the Chomsky Hierarchy" (the tasks, single label at the end), and
+Grazzi et al. (2025), "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues" (parity and
+modular arithmetic, train lengths 3–40, test 40–256). Labels are dense by default (``dense=True``: one at every
+labelled position, far faster to learn); ``dense=False`` scores only the last labelled position, as published.
+Each label is uniform over the classes at every position, so chance is exactly ``1 / num_classes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from .base import Batch, PrefixTask, compose_prefix, register_task
+
+__all__ = ["Parity", "ModularArithmetic", "CycleNavigation", "EvenPairs"]
+
+
+def _bits(batch_size: int, length: int, generator: torch.Generator) -> Tensor:
+    return torch.randint(0, 2, (batch_size, length), generator=generator, device=generator.device)
+
+
+@register_task
+@dataclass(frozen=True)
+class Parity(PrefixTask):
+    """Running parity of a bit string: ``label_t = (x_1 + … + x_t) mod 2``.
+
+    Vocabulary: ids 0, 1 are the bits. Classes: 0 even, 1 odd. Scored: every position (or the last).
+    Train lengths 3–40, test 40, 64, 128, 256. Bits are uniform, so every label is too: chance 1/2.
+    """
+
+    name: ClassVar[str] = "parity"
+
+    @property
+    def vocab_size(self) -> int:
+        return 2
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
+        bits = _bits(batch_size, length, generator)
+        mask = self._scored(torch.ones(length, dtype=torch.bool, device=bits.device))
+        return Batch(bits, bits.cumsum(1) % 2, mask.repeat(batch_size, 1))
+
+
+@register_task
+@dataclass(frozen=True)
+class ModularArithmetic(PrefixTask):
+    """An expression mod ``modulus`` (5) in + − × with operator precedence, labelled at each number.
+
+    The sequence alternates numbers and operators, ``d_1 o_1 d_2 o_2 d_3 …``: digits at even positions, operators
+    at odd ones (an even length ends on an operator, which is not scored). The label at ``d_k`` is the value mod
+    ``modulus`` of the prefix ``d_1 o_1 … d_k``, evaluated with × before + and − (as Python evaluates
+    ``"3+4*2-1"``). The first operator is + or −, so ``d_1`` is a term of its own and every label is ``d_1`` plus
+    something independent of it: uniform, chance exactly ``1 / modulus``. Later operators are uniform over + − ×.
+
+    Vocabulary: ids ``0 … modulus-1`` digits, ``modulus`` +, ``modulus+1`` −, ``modulus+2`` ×. Classes: the value.
+    Scored: every number (or the last). Train lengths 3–40, test 40, 64, 128, 256.
+    """
+
+    name: ClassVar[str] = "modular_arithmetic"
+    modulus: int = 5
+
+    def __post_init__(self):
+        check_int(self.name, "modulus", self.modulus, minimum=2)
+        super().__post_init__()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.modulus + 3
+
+    @property
+    def num_classes(self) -> int:
+        return self.modulus
+
+    def _running_values(self, digits: Tensor, ops: Tensor) -> Tensor:
+        """``(B, N)``: the value at each digit of ``d_1 o_1 d_2 … d_N``, from ``digits`` ``(B, N)`` and ``ops``
+        ``(B, N-1)`` (0 +, 1 −, 2 ×), as ``S + P``: ``P`` the signed product of the current term, ``S`` the sum of
+        the terms before it. ``P`` is a running composition of maps of ``Z_m`` (``+ d``: ``P ↦ d``, ``− d``:
+        ``P ↦ -d``, ``× d``: ``P ↦ P·d``); a term closes where the next operator is + or −."""
+        m = self.modulus
+        op = torch.cat([torch.zeros_like(digits[:, :1]), ops], dim=1)[..., None]  # d_1 starts a term, as after +
+        places = torch.arange(m, device=digits.device)
+        new_term = ((1 - 2 * (op == 1)) * digits[..., None] % m).expand(-1, -1, m)
+        maps = torch.where(op == 2, places * digits[..., None] % m, new_term)
+        products = compose_prefix(maps)[..., 0]
+        closed = products[:, :-1] * (ops != 2)
+        sums = torch.cat([torch.zeros_like(products[:, :1]), closed.cumsum(1)], dim=1)
+        return (sums + products) % m
+
+    def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
+        m, numbers, device = self.modulus, (length + 1) // 2, generator.device
+        digits = torch.randint(0, m, (batch_size, numbers), generator=generator, device=device)
+        ops = torch.randint(0, 3, (batch_size, length // 2), generator=generator, device=device)  # + − ×
+        ops[:, :1] %= 2  # the first operator is + or −
+        tokens = torch.empty(batch_size, length, dtype=torch.long, device=device)
+        tokens[:, 0::2], tokens[:, 1::2] = digits, m + ops
+        targets = torch.zeros_like(tokens)
+        targets[:, 0::2] = self._running_values(digits, ops[:, : numbers - 1])
+        mask = self._scored(torch.arange(length, device=device) % 2 == 0)
+        return Batch(tokens, targets, mask.repeat(batch_size, 1))
+
+
+@register_task
+@dataclass(frozen=True)
+class CycleNavigation(PrefixTask):
+    """A pointer on a cycle of ``modulus`` (5) places: a start place, then moves −1, 0, +1; label = its place.
+
+    ``label_t = (s + a_2 + … + a_t) mod modulus`` (a running sum), with ``s`` the first token and ``a`` the moves.
+    Delétang et al. start at place 0; the start drawn uniformly (and shown as the first token) makes every label
+    uniform, so chance is exactly ``1 / modulus``.
+
+    Vocabulary: ids ``0 … modulus-1`` start places (first token only), ``modulus``, ``modulus+1``, ``modulus+2``
+    the moves −1, 0, +1. Classes: the place. Scored: every position (or the last). Train lengths 3–40, test 40,
+    64, 128, 256.
+    """
+
+    name: ClassVar[str] = "cycle_navigation"
+    modulus: int = 5
+
+    def __post_init__(self):
+        check_int(self.name, "modulus", self.modulus, minimum=2)
+        super().__post_init__()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.modulus + 3
+
+    @property
+    def num_classes(self) -> int:
+        return self.modulus
+
+    def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
+        m, device = self.modulus, generator.device
+        start = torch.randint(0, m, (batch_size, 1), generator=generator, device=device)
+        moves = torch.randint(0, 3, (batch_size, length - 1), generator=generator, device=device)
+        tokens = torch.cat([start, m + moves], dim=1)
+        targets = torch.cat([start, moves - 1], dim=1).cumsum(1) % m
+        mask = self._scored(torch.ones(length, dtype=torch.bool, device=device))
+        return Batch(tokens, targets, mask.repeat(batch_size, 1))
+
+
+@register_task
+@dataclass(frozen=True)
+class EvenPairs(PrefixTask):
+    """Whether a bit string has an even number of unequal adjacent pairs; equivalently ``x_1 == x_t``.
+
+    A control task: a regular language that needs no counting. Vocabulary: ids 0, 1 the bits. Classes: 1 even,
+    0 odd. Scored: positions 2…T (a single bit has no pairs), or the last. Train lengths 3–40, test 40, 64, 128,
+    256. ``x_t`` is uniform and independent of ``x_1`` for ``t ≥ 2``, so chance is 1/2.
+    """
+
+    name: ClassVar[str] = "even_pairs"
+
+    @property
+    def vocab_size(self) -> int:
+        return 2
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def min_length(self) -> int:
+        return 2
+
+    def _length_reason(self) -> str:
+        return " (one pair at least)"
+
+    def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
+        bits = _bits(batch_size, length, generator)
+        mask = self._scored(torch.arange(length, device=bits.device) > 0)
+        return Batch(bits, (bits == bits[:, :1]).long(), mask.repeat(batch_size, 1))

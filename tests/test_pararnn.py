@@ -1,0 +1,149 @@
+"""ParaGRU and ParaLSTM: the cells' equations and Jacobians, Newton vs the loop, convergence reports, errors.
+
+The generic checks (every form agrees, split through state, float32, bf16, T = 16,384, bad input) run on both
+layers in test_layers.py.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import rnnzoo
+from forms import assert_forms_agree
+from rnnzoo.layers.pararnn import ParaGRU, ParaLSTM, para_gru_cell, para_lstm_cell
+from rnnzoo.ops.newton import NewtonConvergenceWarning
+
+NAMES = ["paragru", "paralstm"]
+
+
+def make(name: str, d_model: int = 8, dtype=torch.float64, **kw):
+    torch.manual_seed(0)
+    return rnnzoo.create(name, d_model=d_model, **kw).to(dtype)
+
+
+def random_cell_inputs(d: int = 5, lead=(3, 4), seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    pre = torch.randn(*lead, 3, d, generator=gen, dtype=torch.float64)
+    A = torch.randn(3, d, generator=gen, dtype=torch.float64)
+    C = torch.randn(2, d, generator=gen, dtype=torch.float64)
+    return gen, pre, A, C
+
+
+# -- the cells ----------------------------------------------------------------------------------------------------
+
+
+def test_gru_cell_equations():
+    """One step against the documented equations, written out directly (z weighs the candidate)."""
+    gen, pre, A, _ = random_cell_inputs()
+    h = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
+    z = torch.sigmoid(pre[..., 0, :] + A[0] * h)
+    r = torch.sigmoid(pre[..., 1, :] + A[1] * h)
+    n = torch.tanh(pre[..., 2, :] + A[2] * (r * h))
+    torch.testing.assert_close(para_gru_cell(h, pre, A)[0], z * n + (1 - z) * h)
+
+
+def test_lstm_cell_equations():
+    gen, pre, A, C = random_cell_inputs()
+    c_prev, h_prev = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)
+    f = torch.sigmoid(pre[..., 0, :] + A[0] * h_prev + C[0] * c_prev)
+    cand = torch.tanh(pre[..., 2, :] + A[2] * h_prev)
+    c = f * c_prev + (1 - f) * cand
+    o = torch.sigmoid(pre[..., 1, :] + A[1] * h_prev + C[1] * c)
+    new, _ = para_lstm_cell(torch.stack([c_prev, h_prev], -2), pre, A, C)
+    torch.testing.assert_close(new, torch.stack([c, o * torch.tanh(c)], -2))
+
+
+def test_gru_cell_jacobian_is_autograds_diagonal():
+    gen, pre, A, _ = random_cell_inputs(lead=(2,))
+    h = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+    _, jac = para_gru_cell(h, pre, A, jacobian=True)
+    full = torch.autograd.functional.jacobian(lambda v: para_gru_cell(v, pre, A)[0], h)  # (2, 5, 2, 5)
+    want = torch.stack([torch.diagonal(full[b, :, b, :]) for b in range(2)])
+    torch.testing.assert_close(jac, want)
+    off = full.clone()
+    for b in range(2):
+        off[b, :, b, :] -= torch.diag(want[b])
+    assert off.abs().max() < 1e-15, "the Jacobian must be diagonal"
+
+
+def test_lstm_cell_jacobian_is_autograds_2x2_blocks():
+    gen, pre, A, C = random_cell_inputs(lead=(1,))
+    state = torch.randn(1, 2, 5, generator=gen, dtype=torch.float64)
+    _, jac = para_lstm_cell(state, pre, A, C, jacobian=True)  # (1, 2, 2, 5)
+    full = torch.autograd.functional.jacobian(lambda v: para_lstm_cell(v, pre, A, C)[0], state)[0, :, :, 0]
+    # full[i, c, j, c'] = ∂new[i, c] / ∂state[j, c']: zero unless c == c', and then jac[i, j, c]
+    for c in range(5):
+        torch.testing.assert_close(full[:, c, :, c], jac[0, :, :, c])
+        full[:, c, :, c] = 0
+    assert full.abs().max() < 1e-15, "channels must not couple"
+
+
+# -- Newton vs the loop through the layers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("chunk", [1, 4, None])
+@pytest.mark.parametrize("length", [1, 5, 97])
+def test_newton_equals_loop(name, chunk, length):
+    """Outputs, final state and every gradient; DEER (chunk 1), chunks with a ragged tail, the default."""
+    layer = make(name, chunk_size=chunk)
+    x = torch.randn(2, length, 8, dtype=torch.float64)
+    assert_forms_agree(layer, x, ["recurrent", "newton"], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_newton_equals_loop_float32(name):
+    layer = make(name, d_model=16, dtype=torch.float32)
+    x = torch.randn(3, 301, 16)
+    assert_forms_agree(layer, x, ["recurrent", "newton"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reports_few_iterations_on_typical_input(name):
+    layer = make(name, d_model=16, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(torch.randn(4, 1024, 16))
+    info = layer.newton_info
+    assert info is not None and info.converged and info.chunk_size == 32 and 1 <= info.iterations <= 3, info
+    layer(torch.randn(4, 1024, 16), mode="recurrent")
+    assert layer.newton_info is info, "the loop leaves the last Newton report alone"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_convergence_warns_and_uses_the_loop(name):
+    layer = make(name, max_iters=1)
+    x = torch.randn(2, 400, 8, dtype=torch.float64)
+    with pytest.warns(NewtonConvergenceWarning, match="did not converge in 1 iterations"):
+        y, _ = layer(x, mode="newton")
+    assert not layer.newton_info.converged
+    torch.testing.assert_close(y, layer(x, mode="recurrent")[0], rtol=1e-12, atol=1e-13)
+
+
+# -- construction -------------------------------------------------------------------------------------------------
+
+
+def test_initialisation_follows_the_reference():
+    d = 64
+    for cls, weights in ((ParaGRU, ("A",)), (ParaLSTM, ("A", "C"))):
+        torch.manual_seed(0)
+        layer = cls(d)
+        torch.testing.assert_close(layer.in_proj.bias[:d], -torch.linspace(0, 1, d))
+        assert torch.equal(layer.in_proj.bias[d:], torch.zeros(2 * d))
+        assert layer.in_proj.weight.abs().max() <= (3 / d) ** 0.5
+        for name in weights:
+            std = getattr(layer, name).std().item()
+            assert 0.5 < std / (2 / (5 * d) ** 0.5) < 1.5, (cls.__name__, name, std)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_newton_settings(name):
+    with pytest.raises(ValueError, match="`tol` must be a positive float"):
+        rnnzoo.create(name, d_model=8, tol=-1.0)
+    with pytest.raises(ValueError, match="`max_iters` must be a positive int"):
+        rnnzoo.create(name, d_model=8, max_iters=0)
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
+        rnnzoo.create(name, d_model=8, chunk_size=0)
