@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnzoo.ops.delta_rule import delta_rule, delta_rule_reference
+from rnnzoo.ops.delta_rule import _unit_lower_inverse, delta_rule, delta_rule_reference
 
 
 def make_inputs(batch, heads, length, d_k, d_v, beta_max=1.0, gated=True, decay=1.0, h0=True, seed=0, dtype=torch.float64):
@@ -32,7 +32,7 @@ def outputs_and_grads(fn, inputs, **kw):
     return [out, last, *torch.autograd.grad(loss, [t for t in leaves if t is not None])]
 
 
-def assert_chunk_matches_reference(inputs, rtol=1e-8, atol=1e-10, **kw):
+def assert_chunk_matches_reference(inputs, rtol=1e-10, atol=1e-10, **kw):
     got = outputs_and_grads(delta_rule, inputs, **kw)
     want = outputs_and_grads(delta_rule_reference, inputs)
     for i, (x, y) in enumerate(zip(got, want)):
@@ -82,10 +82,38 @@ def test_decay_strengths(decay):
     assert_chunk_matches_reference(inputs)
 
 
-def test_gradcheck():
-    inputs = make_inputs(1, 2, 19, 3, 2, beta_max=2.0, seed=5)
-    leaves = [t.requires_grad_(True) for t in inputs]
-    assert torch.autograd.gradcheck(lambda *t: delta_rule(*t, chunk_size=8), leaves)
+GRADCHECK_CHUNK = 4
+
+
+@pytest.mark.parametrize(
+    "length, beta_range, gated, h0",
+    [
+        (1, (0.0, 1.0), True, True),  # T = 1
+        (GRADCHECK_CHUNK + 1, (1e-3, 1e-2), True, True),  # β near 0
+        (GRADCHECK_CHUNK + 1, (1.99, 1.999), False, True),  # β near 2, no decay
+        (2 * GRADCHECK_CHUNK, (1.99, 1.999), True, True),  # a multiple of the chunk
+        (13, (1.99, 1.999), True, False),  # prime T, no initial state
+        (13, (0.0, 2.0), False, False),
+    ],
+)
+def test_gradcheck(length, beta_range, gated, h0):
+    """The hand-written backward against finite differences, in float64, for every input."""
+    q, k, v, beta, _, state = make_inputs(1, 1, length, 3, 2, h0=h0, seed=length)
+    low, high = beta_range
+    beta = low + (high - low) * beta
+    # log α <= -0.05: finite-difference steps stay inside the valid range (log α <= 0, β <= 2)
+    log_alpha = -0.05 - torch.rand(1, 1, length, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    inputs = [q, k, v, beta, log_alpha if gated else None, state]
+    leaves = [None if t is None else t.requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(lambda *t: delta_rule(*t, chunk_size=GRADCHECK_CHUNK), leaves)
+
+
+def test_double_backward_raises():
+    q, k, v, beta, log_alpha, h0 = (t.requires_grad_(True) for t in make_inputs(1, 1, 6, 3, 2))
+    out, _ = delta_rule(q, k, v, beta, log_alpha, h0, chunk_size=4)
+    (grad_q,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_q.sum().backward()
 
 
 def test_long_sequence_finite(device):
@@ -99,11 +127,19 @@ def test_long_sequence_finite(device):
             assert torch.isfinite(t).all()
 
 
-def test_float32_matches_float64_reference():
+@pytest.mark.parametrize("chunk", [None, 32, 128])
+def test_float32_matches_float64_reference(chunk):
+    """Outputs, final state and every gradient in float32 within 1e-5 of the float64 reference
+    (relative to each tensor's largest entry), at chunk sizes around the default."""
     inputs = make_inputs(2, 2, 300, 16, 8, beta_max=2.0, seed=9)
-    want, _ = delta_rule_reference(*inputs)
-    got, _ = delta_rule(*(None if t is None else t.float() for t in inputs))
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    want = outputs_and_grads(delta_rule_reference, inputs)
+    got = outputs_and_grads(delta_rule, tuple(t.float() for t in inputs), chunk_size=chunk)
+    for i, (x, y) in enumerate(zip(got, want)):
+        assert x.dtype == torch.float32
+        scale = float(y.detach().abs().max())
+        torch.testing.assert_close(
+            x.detach().double(), y.detach(), rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"output {i}: {m}"
+        )
 
 
 def test_bad_inputs():
@@ -123,3 +159,16 @@ def test_bad_inputs():
         delta_rule(q[:, :, :0], q[:, :, :0], q[:, :, :0], beta[:, :, :0])
     with pytest.raises(TypeError, match="floating-point"):
         delta_rule(q.long(), q, q, beta)
+
+
+@pytest.mark.parametrize("size", [1, 5, 16, 24, 64, 100])
+@pytest.mark.parametrize("beta_max", [1.0, 2.0])
+def test_unit_lower_inverse(size, beta_max):
+    """The blocked inverse equals LAPACK's, for sizes below, at and between multiples of its block;
+    the diagonal and upper triangle of its argument are ignored."""
+    gen = torch.Generator().manual_seed(size)
+    k = F.normalize(torch.randn(3, size, 4, generator=gen, dtype=torch.float64), dim=-1)
+    beta = beta_max * torch.rand(3, size, 1, generator=gen, dtype=torch.float64)
+    system = beta * (k @ k.mT)  # symmetric: the upper triangle and diagonal are not zero
+    want = torch.linalg.inv(torch.eye(size, dtype=torch.float64) + system.tril(-1))
+    torch.testing.assert_close(_unit_lower_inverse(system.clone()), want, rtol=1e-12, atol=1e-12)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -95,6 +97,50 @@ def test_per_key_sub_blocks_used_for_strong_decays():
     assert _sub_block_size(weak.cumsum(-2)) == 64
     assert _sub_block_size(strong.cumsum(-2)) < 64
     assert _sub_block_size(torch.full((1, 1, 1, 64, 4), -1e4).cumsum(-2)) == 1
+
+
+def test_block_cumsum_matches_torch_cumsum():
+    """The blocked cumulative sum of the per-key path (several blocks, one block, one row; both directions)."""
+    from rnnzoo.ops.gated_linear_attention import _block_cumsum_
+
+    x = torch.randn(3, 48, 5, dtype=torch.float64)
+    for length in (48, 7, 1):
+        for reverse in (False, True):
+            part = x[:, :length].contiguous()
+            want = part.flip(1).cumsum(1).flip(1) if reverse else part.cumsum(1)
+            within, offsets = _block_cumsum_(part, reverse=reverse)
+            torch.testing.assert_close((within + offsets).flatten(1, 2), want)
+
+
+@pytest.mark.parametrize("chunks_per_group", [1, 3])
+def test_per_key_chunks_in_groups(monkeypatch, chunks_per_group):
+    """The per-key path runs its chunks in cache-sized groups: one chunk each, or 3 with a ragged last group
+    (40 chunks), gives the reference's outputs, final state and gradients."""
+    module = importlib.import_module("rnnzoo.ops.gated_linear_attention")
+    chunk, d_k, d_v = 16, 6, 5
+    unit = chunk * max(chunk, d_k, d_v) * 8  # bytes of one chunk's C×C scores in float64
+    monkeypatch.setattr(module, "GROUP_BYTES", -(-chunks_per_group * unit // torch.get_num_threads()))
+    chunks = torch.empty(40, dtype=torch.float64)
+    assert len(module._groups(chunks, chunk, max(chunk, d_k, d_v))) == -(-40 // chunks_per_group)
+    inputs = make_inputs(2, 2, 10 * chunk - 5, d_k, d_v, "per_key", sign=True, seed=4)
+    assert_chunk_matches_reference(inputs, chunk_size=chunk)
+
+
+def test_per_key_many_chunks():
+    """75 chunks per sequence: engine 2 scans the chunk boundaries in its two-level chunked form."""
+    inputs = make_inputs(1, 2, 299, 4, 3, "per_key", sign=True, seed=6)
+    assert_chunk_matches_reference(inputs, chunk_size=4)
+
+
+def test_per_key_strided_inputs():
+    """q, k, v and log α as views with the heads dimension last but one in memory, or a slice of d."""
+    q, k, v, la, h0, sign = make_inputs(2, 3, 70, 8, 6, "per_key", sign=True, seed=7)
+    heads_inner = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731  (B, T, H, d) in memory
+    sliced = lambda t: torch.cat([t, t], -1)[..., : t.shape[-1]]  # noqa: E731
+    for layout in (heads_inner, sliced):
+        strided = tuple(layout(t) for t in (q, k, v, la))
+        assert not any(t.is_contiguous() for t in strided)
+        assert_chunk_matches_reference((*strided, h0, sign), chunk_size=16)
 
 
 def test_gradcheck_float64():
