@@ -50,22 +50,10 @@ class Parity(PrefixTask):
         return Batch(bits, bits.cumsum(1) % 2, mask.repeat(batch_size, 1))
 
 
-@register_task
 @dataclass(frozen=True)
-class ModularArithmetic(PrefixTask):
-    """An expression mod ``modulus`` (5) in + − × with operator precedence, labelled at each number.
+class _ModularTask(PrefixTask):
+    """Shared by the tasks mod ``modulus``: ``modulus`` value ids, then three operator/move ids; the value as class."""
 
-    The sequence alternates numbers and operators, ``d_1 o_1 d_2 o_2 d_3 …``: digits at even positions, operators
-    at odd ones (an even length ends on an operator, which is not scored). The label at ``d_k`` is the value mod
-    ``modulus`` of the prefix ``d_1 o_1 … d_k``, evaluated with × before + and − (as Python evaluates
-    ``"3+4*2-1"``). The first operator is + or −, so ``d_1`` is a term of its own and every label is ``d_1`` plus
-    something independent of it: uniform, chance exactly ``1 / modulus``. Later operators are uniform over + − ×.
-
-    Vocabulary: ids ``0 … modulus-1`` digits, ``modulus`` +, ``modulus+1`` −, ``modulus+2`` ×. Classes: the value.
-    Scored: every number (or the last). Train lengths 3–40, test 40, 64, 128, 256.
-    """
-
-    name: ClassVar[str] = "modular_arithmetic"
     modulus: int = 5
 
     def __post_init__(self):
@@ -79,6 +67,24 @@ class ModularArithmetic(PrefixTask):
     @property
     def num_classes(self) -> int:
         return self.modulus
+
+
+@register_task
+@dataclass(frozen=True)
+class ModularArithmetic(_ModularTask):
+    """An expression mod ``modulus`` (5) in + − × with operator precedence, labelled at each number.
+
+    The sequence alternates numbers and operators, ``d_1 o_1 d_2 o_2 d_3 …``: digits at even positions, operators
+    at odd ones (an even length ends on an operator, which is not scored). The label at ``d_k`` is the value mod
+    ``modulus`` of the prefix ``d_1 o_1 … d_k``, evaluated with × before + and − (as Python evaluates
+    ``"3+4*2-1"``). The first operator is + or −, so ``d_1`` is a term of its own and every label is ``d_1`` plus
+    something independent of it: uniform, chance exactly ``1 / modulus``. Later operators are uniform over + − ×.
+
+    Vocabulary: ids ``0 … modulus-1`` digits, ``modulus`` +, ``modulus+1`` −, ``modulus+2`` ×. Classes: the value.
+    Scored: every number (or the last). Train lengths 3–40, test 40, 64, 128, 256.
+    """
+
+    name: ClassVar[str] = "modular_arithmetic"
 
     def _running_values(self, digits: Tensor, ops: Tensor) -> Tensor:
         """``(B, N)``: the value at each digit of ``d_1 o_1 d_2 … d_N``, from ``digits`` ``(B, N)`` and ``ops``
@@ -110,7 +116,7 @@ class ModularArithmetic(PrefixTask):
 
 @register_task
 @dataclass(frozen=True)
-class CycleNavigation(PrefixTask):
+class CycleNavigation(_ModularTask):
     """A pointer on a cycle of ``modulus`` (5) places: a start place, then moves −1, 0, +1; label = its place.
 
     ``label_t = (s + a_2 + … + a_t) mod modulus`` (a running sum), with ``s`` the first token and ``a`` the moves.
@@ -123,19 +129,6 @@ class CycleNavigation(PrefixTask):
     """
 
     name: ClassVar[str] = "cycle_navigation"
-    modulus: int = 5
-
-    def __post_init__(self):
-        check_int(self.name, "modulus", self.modulus, minimum=2)
-        super().__post_init__()
-
-    @property
-    def vocab_size(self) -> int:
-        return self.modulus + 3
-
-    @property
-    def num_classes(self) -> int:
-        return self.modulus
 
     def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
         m, device = self.modulus, generator.device
