@@ -31,26 +31,28 @@ def _loss(y, state, weights):
     return total
 
 
-def run_form(layer, x: Tensor, form: str, split: int | None = None):
-    """Outputs, final state, and gradients of a fixed random loss, for one form.
+def outputs_in_form(module, inputs: Tensor, form: str, split: int | None = None):
+    """``(outputs, final state)`` of a layer or model over ``inputs`` ``(batch, time, ...)`` in one form: a mode
+    name, ``"split"`` (the parallel form over ``inputs[:, :split]`` then ``inputs[:, split:]`` through the state)
+    or ``"step"`` (token by token)."""
+    if form == "step":
+        state, outs = None, []
+        for x_t in inputs.unbind(1):
+            y_t, state = module.step(x_t, state)
+            outs.append(y_t)
+        return torch.stack(outs, 1), state
+    if form == "split":
+        first, state = module(inputs[:, :split])
+        second, state = module(inputs[:, split:], state)
+        return torch.cat([first, second], 1), state
+    return module(inputs, mode=form)
 
-    ``form`` is a mode name, ``"split"`` (parallel over ``x[:, :split]`` then
-    ``x[:, split:]`` through the state) or ``"step"`` (token by token).
-    """
+
+def run_form(layer, x: Tensor, form: str, split: int | None = None):
+    """Outputs, final state, and gradients of a fixed random loss, for one form (see :func:`outputs_in_form`)."""
     x = x.detach().clone().requires_grad_(True)
     layer.zero_grad(set_to_none=True)
-    if form == "step":
-        state, ys = None, []
-        for x_t in x.unbind(1):
-            y_t, state = layer.step(x_t, state)
-            ys.append(y_t)
-        y = torch.stack(ys, 1)
-    elif form == "split":
-        y1, state = layer(x[:, :split])
-        y2, state = layer(x[:, split:], state)
-        y = torch.cat([y1, y2], 1)
-    else:
-        y, state = layer(x, mode=form)
+    y, state = outputs_in_form(layer, x, form, split)
     weights = _loss_weights(y, state)
     _loss(y, state, weights).backward()
     grads = {"x": x.grad.clone()}

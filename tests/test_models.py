@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rnnzoo
+from forms import outputs_in_form
 from rnnzoo.models import SequenceModel, size_d_model
 
 REGISTERED = {m.name for m in rnnzoo.list_models()}
@@ -27,18 +28,7 @@ def model_for(mixer: str, d_model: int = 8, **kw) -> SequenceModel:
 def run_form(model: SequenceModel, tokens: torch.Tensor, form: str, split: int):
     """Logits, final state tensors and parameter gradients of a fixed random loss, for one form."""
     model.zero_grad(set_to_none=True)
-    if form == "step":
-        state, outs = None, []
-        for token in tokens.unbind(1):
-            logits_t, state = model.step(token, state)
-            outs.append(logits_t)
-        logits = torch.stack(outs, 1)
-    elif form == "split":
-        first, state = model(tokens[:, :split])
-        second, state = model(tokens[:, split:], state)
-        logits = torch.cat([first, second], 1)
-    else:
-        logits, state = model(tokens, mode=form)
+    logits, state = outputs_in_form(model, tokens, form, split)
     weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)
     (logits * weights).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -13,7 +13,7 @@ import torch
 
 import rnnzoo
 from forms import assert_forms_agree
-from rnnzoo.layers.pararnn import ParaGRU, ParaLSTM, para_gru_cell, para_lstm_cell
+from rnnzoo.layers.pararnn import ParaGRU, ParaLSTM, _tanh, para_gru_cell, para_lstm_cell
 from rnnzoo.ops.newton import NewtonConvergenceWarning
 
 NAMES = ["paragru", "paralstm"]
@@ -67,6 +67,43 @@ def test_gru_cell_jacobian_is_autograds_diagonal():
     for b in range(2):
         off[b, :, b, :] -= torch.diag(want[b])
     assert off.abs().max() < 1e-15, "the Jacobian must be diagonal"
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (4, 17, 256)])  # the second takes the sigmoid form of tanh
+def test_gru_vjp_is_autograds(shape):
+    gen = torch.Generator().manual_seed(1)
+    *lead, d = shape
+    h = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
+    pre = torch.randn(*lead, 3, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(3, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    lam = torch.randn(shape, generator=gen, dtype=torch.float64)
+    out, _ = para_gru_cell(h, pre, A)
+    want = torch.autograd.grad(out, (pre, A), lam)
+    got = para_gru_cell.vjp(h, pre.detach(), A.detach(), lam)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 5), (4, 17, 256)])
+def test_lstm_vjp_is_autograds(shape):
+    gen = torch.Generator().manual_seed(2)
+    *lead, d = shape
+    state = torch.rand(*lead, 2, d, generator=gen, dtype=torch.float64) * 2 - 1
+    pre = torch.randn(*lead, 3, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(3, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(2, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    lam = torch.randn(*lead, 2, d, generator=gen, dtype=torch.float64)
+    out, _ = para_lstm_cell(state, pre, A, C)
+    want = torch.autograd.grad(out, (pre, A, C), lam)
+    got = para_lstm_cell.vjp(state, pre.detach(), A.detach(), C.detach(), lam)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_tanh_by_sigmoid_on_large_tensors():
+    v = torch.linspace(-30, 30, 2**15, dtype=torch.float64)
+    torch.testing.assert_close(_tanh(v), torch.tanh(v), rtol=0, atol=1e-15)
+    torch.testing.assert_close(_tanh(v.float()), torch.tanh(v.float()), rtol=0, atol=2e-7)
 
 
 def test_lstm_cell_jacobian_is_autograds_2x2_blocks():
@@ -130,13 +167,30 @@ def test_initialisation_follows_the_reference():
     d = 64
     for cls, weights in ((ParaGRU, ("A",)), (ParaLSTM, ("A", "C"))):
         torch.manual_seed(0)
-        layer = cls(d)
-        torch.testing.assert_close(layer.in_proj.bias[:d], -torch.linspace(0, 1, d))
-        assert torch.equal(layer.in_proj.bias[d:], torch.zeros(2 * d))
-        assert layer.in_proj.weight.abs().max() <= (3 / d) ** 0.5
+        layer = cls(d, num_heads=4)
+        torch.testing.assert_close(layer.in_bias[0], -torch.linspace(0, 1, d))
+        assert torch.equal(layer.in_bias[1:], torch.zeros(2, d))
+        bound = (6 / (d // 4 + d)) ** 0.5  # Xavier-uniform, fan-in d / heads, fan-out d
+        assert layer.in_weight.shape == (4, d // 4, 3, d // 4)
+        assert bound * 0.9 < layer.in_weight.abs().max() <= bound
         for name in weights:
             std = getattr(layer, name).std().item()
             assert 0.5 < std / (2 / (5 * d) ** 0.5) < 1.5, (cls.__name__, name, std)
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 4])
+def test_input_weights_are_block_diagonal_over_heads(num_heads):
+    """Head i's inputs reach only head i's channels: the pre-activations equal a dense projection by the
+    block-diagonal matrix assembled from ``in_weight``."""
+    d, head = 8, 8 // num_heads
+    layer = ParaGRU(d, num_heads=num_heads).double()
+    dense = torch.zeros(3, d, d, dtype=torch.float64)  # (gate, out channel, in channel)
+    for i in range(num_heads):
+        block = slice(i * head, (i + 1) * head)
+        dense[:, block, block] = layer.in_weight[i].permute(1, 2, 0).detach()
+    x = torch.randn(2, 5, d, dtype=torch.float64)
+    expected = torch.einsum("goi,bti->btgo", dense, x) + layer.in_bias.detach()
+    torch.testing.assert_close(layer._preactivations(x), expected)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -147,3 +201,7 @@ def test_bad_newton_settings(name):
         rnnzoo.create(name, d_model=8, max_iters=0)
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
         rnnzoo.create(name, d_model=8, chunk_size=0)
+    with pytest.raises(ValueError, match="`num_heads`=3 must divide d_model=8"):
+        rnnzoo.create(name, d_model=8, num_heads=3)
+    with pytest.raises(ValueError, match="`num_heads` must be a positive int"):
+        rnnzoo.create(name, d_model=8, num_heads=0)

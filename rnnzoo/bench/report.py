@@ -197,7 +197,7 @@ def load_results(path: str | Path) -> tuple[list[dict], dict, list[str]]:
 
 def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     """Accuracy (best seed) against test length, one panel per task, one line per model; the training range
-    shaded, chance dashed."""
+    shaded, chance dashed. Each model keeps its colour and marker in every panel; one legend for the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,17 +206,24 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     by_task: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_task[row["task"]].append(row)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    colours = plt.get_cmap("tab10").colors
+    style = {  # colour and marker cycle at different periods, so 10 x 10 models stay distinct
+        m: dict(color=colours[i % 10], marker=MARKERS[(i + i // 10) % len(MARKERS)], ms=max(3, 8 - i % 6))
+        for i, m in enumerate(models)
+    }  # fmt: skip
     columns = min(3, len(by_task))
     lines = -(-len(by_task) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(5.2 * columns, 3.6 * lines), squeeze=False)
+    handles: dict[str, object] = {}
     for ax, (task, task_rows) in zip(axes.flat, by_task.items()):
         low, high = task_rows[0]["train_lengths"]
-        for i, r in enumerate(task_rows):  # marker shapes and shrinking sizes keep equal curves visible
+        for r in task_rows:
             lengths = sorted(int(n) for n in r["accuracy"] if n != "train")
-            marker, size = MARKERS[i % len(MARKERS)], max(3, 8 - i)
-            ax.plot(lengths, [r["accuracy"][str(n)] for n in lengths], marker=marker, ms=size, label=r["model"])
-        ax.axvspan(low, high, color="0.9", zorder=0, label="training lengths")
-        ax.axhline(task_rows[0]["chance"], color="0.5", ls="--", lw=1, label="chance")
+            (line,) = ax.plot(lengths, [r["accuracy"][str(n)] for n in lengths], **style[r["model"]])
+            handles.setdefault(r["model"], line)
+        handles.setdefault("training lengths", ax.axvspan(low, high, color="0.9", zorder=0))
+        handles.setdefault("chance", ax.axhline(task_rows[0]["chance"], color="0.5", ls="--", lw=1))
         ax.set_xscale("log", base=2)
         ticks = sorted({int(n) for r in task_rows for n in r["accuracy"] if n != "train"} | {low})
         ax.set_xticks(ticks, [str(n) for n in ticks])
@@ -225,11 +232,12 @@ def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
         ax.set_title(task)
         ax.set_xlabel("sequence length")
         ax.set_ylabel("accuracy")
-        ax.legend(fontsize=7, loc="lower left")
     for ax in list(axes.flat)[len(by_task):]:
         ax.axis("off")
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 60 * columns)), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    ncol = -(-len(handles) // 28)  # at most 28 entries a column
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, ncol=ncol)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)

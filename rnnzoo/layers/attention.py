@@ -21,7 +21,7 @@ from ..registry import register
 from .base import RecurrentState, SequenceLayer, state_dtype
 from .linear_attention import head_size, merge_heads, split_heads
 
-__all__ = ["Attention", "KVCache", "append_to_cache", "rotate"]
+__all__ = ["Attention", "KVCache", "append_to_cache", "rotate", "rotate_pairs"]
 
 ROTARY_BASE = 10000.0
 
@@ -39,7 +39,12 @@ def rotate(u: Tensor, start: int, base: float = ROTARY_BASE) -> Tensor:
     half = u.shape[-1] // 2
     positions = torch.arange(start, start + u.shape[2], dtype=torch.float64, device=u.device)
     theta = base ** (-torch.arange(half, dtype=torch.float64, device=u.device) / half)
-    angle = positions[:, None] * theta  # (time, d / 2)
+    return rotate_pairs(u, positions[:, None] * theta)  # angles (time, d / 2)
+
+
+def rotate_pairs(u: Tensor, angle: Tensor) -> Tensor:
+    """Rotate each pair ``(u_{2i}, u_{2i+1})`` of ``u`` ``(..., d)`` by ``angle[..., i]`` (broadcast to
+    ``(..., d / 2)``; computed in its own dtype, the result in ``u``'s)."""
     cos, sin = angle.cos().to(u.dtype), angle.sin().to(u.dtype)
     even, odd = u[..., 0::2], u[..., 1::2]
     return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)

@@ -16,12 +16,11 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
+from .attention import ROTARY_BASE, rotate_pairs
 from .base import RecurrentState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype
 from .linear_attention import head_size, merge_heads, split_heads
 
 __all__ = ["RetNet", "RetNetState"]
-
-ROTARY_BASE = 10000.0
 
 
 def norm_gate(o: Tensor, g: Tensor, norm: nn.RMSNorm) -> Tensor:
@@ -113,10 +112,7 @@ class RetNet(SequenceLayer):
         if position is not None:
             steps = position.to(u.dtype)[:, None] + steps
         theta = ROTARY_BASE ** -torch.linspace(0, 1, self.head_k // 2, dtype=u.dtype, device=u.device)
-        angle = (steps[..., None] * theta)[:, None]  # (batch, 1, time, d_k / 2)
-        cos, sin = angle.cos(), angle.sin()
-        even, odd = u[..., 0::2], u[..., 1::2]
-        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
+        return rotate_pairs(u, (steps[..., None] * theta)[:, None])  # angles (batch, 1, time, d_k / 2)
 
     def _qkv_decay(self, x: Tensor, position: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(q, k, v, log γ)`` in the engine's layout and the state dtype, rotated from ``position``

@@ -9,8 +9,8 @@ component j of ``h_{t-1}`` in component i of ``h_t``. This is engine 2 with matr
 Two forms, equal to float tolerance:
 
 * :func:`block_linear_scan_reference` - a loop over time, differentiated by autograd;
-* :func:`block_linear_scan` - the two-level chunked scan of :mod:`rnnzoo.ops.linear_scan` with k×k products
-  in place of scalar ones, and a hand-written backward.
+* :func:`block_linear_scan` - the two-level chunked scan of :mod:`rnnzoo.ops.linear_scan`, run with k×k
+  products in place of scalar ones (:data:`BLOCKS`), and a hand-written backward.
 
 Gradients: with ``r_t = dL/dh_t`` accumulated through the recurrence, ``r_t = g_t + A_{t+1}^T r_{t+1}`` (the
 same scan run backwards in time on transposed blocks), ``dL/db_t = r_t``, ``dL/dA_t = r_t h_{t-1}^T``,
@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from .linear_scan import default_chunk_size
+from .linear_scan import Transitions, scan_adjoint, scan_states
 
-__all__ = ["block_linear_scan", "block_linear_scan_reference", "block_matmul", "block_matvec", "block_scan_adjoint"]
+__all__ = ["BLOCKS", "block_linear_scan", "block_linear_scan_reference", "block_matmul", "block_matvec"]
 
 
 def block_matvec(A: Tensor, h: Tensor) -> Tensor:
@@ -91,102 +91,12 @@ def block_linear_scan_reference(A: Tensor, b: Tensor, h0: Tensor | None = None) 
     return out, out[:, -1]
 
 
-def _loop_forward(A: Tensor, b: Tensor, h0: Tensor | None, out: Tensor) -> None:
-    """Sequential scan writing ``out[:, t] = A_t out[:, t-1] + b_t``; ``h0`` is ``(batch, 1, k, *channels)``."""
-    prev = h0
-    for a_t, b_t, o_t in zip(A.split(1, dim=1), b.split(1, dim=1), out.split(1, dim=1)):
-        if prev is None:
-            o_t.copy_(b_t)
-        else:
-            torch.add(b_t, block_matvec(a_t, prev), out=o_t)
-        prev = o_t
-
-
-def _scan_forward(A: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> Tensor:
-    """All states; ``h0`` ``(batch, 1, k, *channels)`` or ``None``. The algorithm of ``linear_scan._scan_forward``."""
-    length = b.shape[1]
-    out = torch.empty_like(b)
-    chunk = chunk_size or default_chunk_size(length)
-    if length < 4 * chunk:
-        _loop_forward(A, b, h0, out)
-        return out
-    n_chunks = length // chunk
-    main = n_chunks * chunk
-    A_c = A[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)  # C views of (B, N, k, k, ...)
-    b_c = b[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
-    out_c = out[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
-
-    # (1) every chunk from a zero state: end state s and transition product p
-    s, p = b_c[0], A_c[0]
-    for a_t, b_t in zip(A_c[1:], b_c[1:]):
-        s = b_t + block_matvec(a_t, s)
-        p = block_matmul(a_t, p)
-    # (2) chunk-level recurrence H_j = p_j H_{j-1} + s_j, solved by the same scan
-    ends = _scan_forward(p, s, h0, chunk_size)
-    first = torch.zeros_like(ends[:, :1]) if h0 is None else h0
-    starts = torch.cat([first, ends[:, :-1]], dim=1)
-    # (3) every chunk again from its true initial state, writing the outputs
-    prev = starts
-    for a_t, b_t, o_t in zip(A_c, b_c, out_c):
-        torch.add(b_t, block_matvec(a_t, prev), out=o_t)
-        prev = o_t
-    if main < length:
-        _loop_forward(A[:, main:], b[:, main:], ends[:, -1:], out[:, main:])
-    return out
-
-
-def _loop_backward(A: Tensor, g: Tensor, g_next: Tensor | None, out: Tensor) -> None:
-    """Reverse loop ``out_t = g_t + A_{t+1}^T out_{t+1}``, where ``A_T^T out_T := g_next`` ``(batch, 1, k, ...)``."""
-    A_t, g_t, o_t = A.split(1, dim=1), g.split(1, dim=1), out.split(1, dim=1)
-    last = len(g_t) - 1
-    if g_next is None:
-        o_t[last].copy_(g_t[last])
-    else:
-        torch.add(g_t[last], g_next, out=o_t[last])
-    for t in range(last - 1, -1, -1):
-        torch.add(g_t[t], block_matvec(A_t[t + 1].transpose(2, 3), o_t[t + 1]), out=o_t[t])
-
-
-def block_scan_adjoint(A: Tensor, g: Tensor, g_next: Tensor | None, chunk_size: int | None = None) -> Tensor:
-    """Solve ``r_t = g_t + A_{t+1}^T r_{t+1}`` backwards in time, with ``A_T^T r_T := g_next`` (``(batch, k, ...)``
-    or ``None``): the chunked algorithm of ``linear_scan._scan_backward`` with k×k blocks."""
-    length = g.shape[1]
-    out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
-    chunk = chunk_size or default_chunk_size(length)
-    g_next = None if g_next is None else g_next.unsqueeze(1)
-    if length < 4 * chunk:
-        _loop_backward(A, g, g_next, out)
-        return out
-    n_chunks = length // chunk
-    main = n_chunks * chunk
-    if main < length:  # the ragged tail comes last in time, so first in the reverse scan
-        _loop_backward(A[:, main:], g[:, main:], g_next, out[:, main:])
-        g_next = block_matvec(A[:, main : main + 1].transpose(2, 3), out[:, main : main + 1])
-    A4 = A[:, :main].unflatten(1, (n_chunks, chunk))
-    A_c = [a.transpose(2, 3) for a in A4.unbind(2)]  # C views of (B, N, k, k, ...), transposed
-    g_c = g[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
-    out_c = out[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
-
-    # (1) every chunk from a zero incoming gradient: value s at its first step, and the product
-    # p = A_1^T ... A_{C-1}^T that carries a gradient arriving at its last step to its first
-    s, p = g_c[-1], None
-    for t in range(chunk - 1, 0, -1):
-        s = g_c[t - 1] + block_matvec(A_c[t], s)
-        p = A_c[t] if p is None else block_matmul(A_c[t], p)
-    # (2) chunk-level adjoint R_j = s_j + p_j A_{j+1,0}^T R_{j+1}: the same scan on coefficients A_{j+1,0} p_j^T
-    first = A4[:, :, 0]
-    coeff = torch.zeros_like(first)
-    coeff[:, 1:] = block_matmul(first[:, 1:], p[:, :-1].transpose(2, 3))
-    last_in = None if g_next is None else block_matvec(p[:, -1:], g_next).squeeze(1)
-    starts = block_scan_adjoint(coeff, s, last_in, chunk_size)
-    # gradient arriving at each chunk's last step from the chunk after it
-    last = torch.zeros_like(starts[:, :1]) if g_next is None else g_next
-    incoming = torch.cat([block_matvec(A_c[0][:, 1:], starts[:, 1:]), last], dim=1)
-    # (3) every chunk again, backwards, from its true incoming gradient
-    torch.add(g_c[-1], incoming, out=out_c[-1])
-    for t in range(chunk - 2, -1, -1):
-        torch.add(g_c[t], block_matvec(A_c[t + 1], out_c[t + 1]), out=out_c[t])
-    return out
+BLOCKS = Transitions(
+    affine=lambda b, A, h, out=None: torch.add(b, block_matvec(A, h), out=out),
+    apply=block_matvec,
+    compose=block_matmul,
+    transpose=lambda A: A.transpose(2, 3),
+)
 
 
 class _BlockScan(torch.autograd.Function):
@@ -196,7 +106,7 @@ class _BlockScan(torch.autograd.Function):
     def forward(ctx, A: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         ctx.chunk_size = chunk_size
-        h = _scan_forward(A, b, None if h0 is None else h0.unsqueeze(1), chunk_size)
+        h = scan_states(A, b, h0, chunk_size, BLOCKS)
         ctx.save_for_backward(A, h, h0)
         return h, h[:, -1].clone()
 
@@ -206,7 +116,7 @@ class _BlockScan(torch.autograd.Function):
         A, h, h0 = ctx.saved_tensors
         if grad_h is None and grad_last is None:
             return None, None, None, None
-        r = block_scan_adjoint(A, torch.zeros_like(h) if grad_h is None else grad_h, grad_last, ctx.chunk_size)
+        r = scan_adjoint(A, torch.zeros_like(h) if grad_h is None else grad_h, grad_last, ctx.chunk_size, BLOCKS)
         grad_A = grad_h0 = None
         if ctx.needs_input_grad[0]:
             first = torch.zeros_like(h[:, :1]) if h0 is None else h0.unsqueeze(1)

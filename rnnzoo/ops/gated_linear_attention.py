@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_int
-from .linear_scan import _scan_backward, _scan_forward, linear_scan
+from .linear_scan import linear_scan, scan_adjoint, scan_states
 
 __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
 
@@ -388,7 +388,7 @@ class _PerKeyChunkwise(torch.autograd.Function):
         inputs = q.new_empty(seqs, n_chunks + 1, d_k, d_v)  # S_0 = h0, then the W_j
         inputs[:, 0] = 0.0 if h0 is None else h0.reshape(seqs, d_k, d_v)
         torch.mul(updates.view_as(inputs[:, 1:]), _by_sequence(to_end, seqs), out=inputs[:, 1:])
-        states = _scan_forward(_boundary_coefficients(decay, seqs).expand_as(inputs), inputs, None, None)
+        states = scan_states(_boundary_coefficients(decay, seqs).expand_as(inputs), inputs, None)
         into = (states[:, :-1] * _by_sequence(e_ref, seqs)).view(count, d_k, d_v)  # e^{r} ⊙ S_j
         out.baddbmm_(q_t, into)
         ctx.save_for_backward(q, k, v, e, q_t, k_t, scores, updates, states, into, e_ref, to_end, decay)
@@ -418,7 +418,7 @@ class _PerKeyChunkwise(torch.autograd.Function):
         grads = torch.empty_like(states)
         torch.mul(grad_into.view_as(grads[:, 1:]), _by_sequence(e_ref, seqs), out=grads[:, :-1])
         grads[:, -1] = 0.0 if grad_last is None else grad_last.reshape(seqs, d_k, d_v)
-        grad_states = _scan_backward(_boundary_coefficients(decay, seqs).expand_as(grads), grads, None, None)
+        grad_states = scan_adjoint(_boundary_coefficients(decay, seqs).expand_as(grads), grads, None)
         grad_h0 = grad_states[:, 0].reshape(batch, heads, d_k, d_v) if ctx.has_h0 else None
         grad_next = grad_states[:, 1:]  # dL/dS_{j+1}, S_{j+1} = D_j ⊙ S_j + to_end_j ⊙ U_j
         grad_decay = (grad_next * states[:, :-1]).sum(-1).view(count, d_k)

@@ -38,14 +38,18 @@ write into preallocated outputs with ``out=``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .._checks import check_int
 
-__all__ = ["linear_scan", "linear_scan_reference", "linear_scan_operator", "default_chunk_size"]
+__all__ = [
+    "DIAGONAL", "Transitions", "default_chunk_size", "linear_scan", "linear_scan_operator", "linear_scan_reference",
+    "scan_adjoint", "scan_states",
+]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------
@@ -133,99 +137,136 @@ def default_chunk_size(length: int) -> int:
     return int(min(64, max(16, 2 ** round(math.log2(max(length, 1)) / 2))))
 
 
-def _loop_forward(a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor) -> None:
-    """Sequential scan writing ``out[:, t] = a_t out[:, t-1] + b_t`` in place."""
+@dataclass(frozen=True)
+class Transitions:
+    """How the scan's coefficients act, so one chunked algorithm serves every kind of transition.
+
+    On tensors with two leading dims (batch, steps): ``affine(b, A, h, out=None) = b + A h`` (into ``out``),
+    ``apply(A, h) = A h``, ``compose(A2, A1) = A2 A1`` and ``transpose(A)``, the coefficient of the adjoint
+    recurrence. :data:`DIAGONAL` is engine 2's element-wise product; :mod:`rnnzoo.ops.block_scan` defines k×k
+    blocks per channel.
+    """
+
+    affine: Callable[..., Tensor]
+    apply: Callable[[Tensor, Tensor], Tensor]
+    compose: Callable[[Tensor, Tensor], Tensor]
+    transpose: Callable[[Tensor], Tensor]
+
+
+DIAGONAL = Transitions(
+    affine=lambda b, a, h, out=None: torch.addcmul(b, a, h, out=out),
+    apply=torch.mul,
+    compose=torch.mul,
+    transpose=lambda a: a,  # complex coefficients are conjugated by the caller
+)
+
+
+def _loop_forward(ops: Transitions, a: Tensor, b: Tensor, h0: Tensor | None, out: Tensor) -> None:
+    """Sequential scan writing ``out[:, t] = a_t out[:, t-1] + b_t`` in place; ``h0`` ``(batch, 1, ...)``."""
     prev = h0
-    for a_t, b_t, o_t in zip(a.unbind(1), b.unbind(1), out.unbind(1)):
+    for a_t, b_t, o_t in zip(a.split(1, dim=1), b.split(1, dim=1), out.split(1, dim=1)):
         if prev is None:
             o_t.copy_(b_t)
         else:
-            torch.addcmul(b_t, a_t, prev, out=o_t)
+            ops.affine(b_t, a_t, prev, out=o_t)
         prev = o_t
 
 
-def _scan_forward(a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> Tensor:
-    """All states of ``h_t = a_t h_{t-1} + b_t``; a and b ``(B, T, *S)`` of one dtype."""
+def _chunked_states(ops: Transitions, a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> Tensor:
+    """All states of ``h_t = a_t h_{t-1} + b_t``; ``a``, ``b`` ``(B, T, ...)`` of one dtype, ``h0`` ``(B, 1, ...)``."""
     length = b.shape[1]
     out = torch.empty(b.shape, dtype=b.dtype, device=b.device)
     chunk = chunk_size or default_chunk_size(length)
     if length < 4 * chunk:
-        _loop_forward(a, b, h0, out)
+        _loop_forward(ops, a, b, h0, out)
         return out
     n_chunks = length // chunk
     main = n_chunks * chunk
-    a_c = a[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)  # C views of (B, N, *S)
-    b_c = b[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
-    out_c = out[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
+    a_c, b_c, out_c = (t[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2) for t in (a, b, out))  # (B, N, ...)
 
     # (1) every chunk from a zero state: end state s and coefficient product p
     s, p = b_c[0], a_c[0]
     for a_t, b_t in zip(a_c[1:], b_c[1:]):
-        s = torch.addcmul(b_t, a_t, s)
-        p = p * a_t
+        s = ops.affine(b_t, a_t, s)
+        p = ops.compose(a_t, p)
     # (2) chunk-level recurrence H_j = p_j H_{j-1} + s_j, solved by the same scan
-    ends = _scan_forward(p, s, h0, chunk_size)
-    first = torch.zeros_like(ends[:, :1]) if h0 is None else h0.unsqueeze(1)
+    ends = _chunked_states(ops, p, s, h0, chunk_size)
+    first = torch.zeros_like(ends[:, :1]) if h0 is None else h0
     starts = torch.cat([first, ends[:, :-1]], dim=1)
     # (3) every chunk again from its true initial state, writing the outputs
     prev = starts
     for a_t, b_t, o_t in zip(a_c, b_c, out_c):
-        torch.addcmul(b_t, a_t, prev, out=o_t)
+        ops.affine(b_t, a_t, prev, out=o_t)
         prev = o_t
     if main < length:
-        _loop_forward(a[:, main:], b[:, main:], ends[:, -1], out[:, main:])
+        _loop_forward(ops, a[:, main:], b[:, main:], ends[:, -1:], out[:, main:])
     return out
 
 
-def _loop_backward(a: Tensor, g: Tensor, g_next: Tensor | None, out: Tensor) -> None:
-    """Reverse scan ``out_t = g_t + a_{t+1} out_{t+1}``, where ``a_T out_T := g_next``."""
-    a_t, g_t, o_t = a.unbind(1), g.unbind(1), out.unbind(1)
+def _loop_backward(ops: Transitions, a: Tensor, g: Tensor, g_next: Tensor | None, out: Tensor) -> None:
+    """Reverse scan ``out_t = g_t + a_{t+1}^T out_{t+1}``, where ``a_T^T out_T := g_next`` ``(B, 1, ...)``."""
+    a_t, g_t, o_t = a.split(1, dim=1), g.split(1, dim=1), out.split(1, dim=1)
     last = len(g_t) - 1
     if g_next is None:
         o_t[last].copy_(g_t[last])
     else:
         torch.add(g_t[last], g_next, out=o_t[last])
     for t in range(last - 1, -1, -1):
-        torch.addcmul(g_t[t], a_t[t + 1], o_t[t + 1], out=o_t[t])
+        ops.affine(g_t[t], ops.transpose(a_t[t + 1]), o_t[t + 1], out=o_t[t])
 
 
-def _scan_backward(a: Tensor, g: Tensor, g_next: Tensor | None, chunk_size: int | None) -> Tensor:
-    """Solve the adjoint recurrence ``r_t = g_t + a_{t+1} r_{t+1}`` (``a_T r_T := g_next``)."""
+def _chunked_adjoint(ops: Transitions, a: Tensor, g: Tensor, g_next: Tensor | None, chunk_size: int | None) -> Tensor:
+    """Solve the adjoint recurrence ``r_t = g_t + a_{t+1}^T r_{t+1}`` (``a_T^T r_T := g_next``, ``(B, 1, ...)``)."""
     length = g.shape[1]
     out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
     chunk = chunk_size or default_chunk_size(length)
     if length < 4 * chunk:
-        _loop_backward(a, g, g_next, out)
+        _loop_backward(ops, a, g, g_next, out)
         return out
     n_chunks = length // chunk
     main = n_chunks * chunk
     if main < length:  # the ragged tail comes last in time, so first in the reverse scan
-        _loop_backward(a[:, main:], g[:, main:], g_next, out[:, main:])
-        g_next = a[:, main] * out[:, main]
+        _loop_backward(ops, a[:, main:], g[:, main:], g_next, out[:, main:])
+        g_next = ops.apply(ops.transpose(a[:, main : main + 1]), out[:, main : main + 1])
     a4 = a[:, :main].unflatten(1, (n_chunks, chunk))
-    a_c = a4.unbind(2)
-    g_c = g[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
-    out_c = out[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2)
+    a_c = [ops.transpose(t) for t in a4.unbind(2)]  # C views of (B, N, ...), transposed
+    g_c, out_c = (t[:, :main].unflatten(1, (n_chunks, chunk)).unbind(2) for t in (g, out))
 
-    # (1) every chunk from a zero incoming gradient: value at its first step s,
-    # and the product p of the coefficients that carry the incoming gradient there
+    # (1) every chunk from a zero incoming gradient: value s at its first step, and the product
+    # p = a_1^T ... a_{C-1}^T that carries a gradient arriving at its last step to its first
     s, p = g_c[-1], a_c[-1]
     for t in range(chunk - 1, 0, -1):
-        s = torch.addcmul(g_c[t - 1], a_c[t], s)
+        s = ops.affine(g_c[t - 1], a_c[t], s)
         if t < chunk - 1:
-            p = p * a_c[t]
-    # (2) chunk-level adjoint: R_j = s_j + (p_j a_{j+1,0}) R_{j+1}, R_{N-1} gets p g_next
-    coeff = torch.zeros_like(p)
-    torch.mul(p[:, :-1], a4[:, 1:, 0], out=coeff[:, 1:])
-    starts = _scan_backward(coeff, s, None if g_next is None else p[:, -1] * g_next, chunk_size)
+            p = ops.compose(a_c[t], p)
+    # (2) chunk-level adjoint R_j = s_j + p_j a_{j+1,0}^T R_{j+1}: the same scan on coefficients a_{j+1,0} p_j^T
+    coeff = torch.zeros_like(a4[:, :, 0])
+    coeff[:, 1:] = ops.compose(a4[:, 1:, 0], ops.transpose(p[:, :-1]))
+    starts = _chunked_adjoint(ops, coeff, s, None if g_next is None else ops.apply(p[:, -1:], g_next), chunk_size)
     # gradient arriving at each chunk's last step from the chunk after it
-    last = torch.zeros_like(p[:, :1]) if g_next is None else g_next.unsqueeze(1)
-    incoming = torch.cat([a4[:, 1:, 0] * starts[:, 1:], last], dim=1)
+    last = torch.zeros_like(starts[:, :1]) if g_next is None else g_next
+    incoming = torch.cat([ops.apply(a_c[0][:, 1:], starts[:, 1:]), last], dim=1)
     # (3) every chunk again, backwards, from its true incoming gradient
     torch.add(g_c[-1], incoming, out=out_c[-1])
     for t in range(chunk - 2, -1, -1):
-        torch.addcmul(g_c[t], a_c[t + 1], out_c[t + 1], out=out_c[t])
+        ops.affine(g_c[t], a_c[t + 1], out_c[t + 1], out=out_c[t])
     return out
+
+
+def scan_states(
+    a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None = None, ops: Transitions = DIAGONAL
+) -> Tensor:
+    """The chunked scan's states ``(B, T, ...)`` without autograd: inputs already checked, of one dtype, ``a`` of
+    ``b``'s shape (or expanded to it), ``h0`` ``(B, ...)`` or ``None``. For engines that build on the scan."""
+    return _chunked_states(ops, a, b, None if h0 is None else h0.unsqueeze(1), chunk_size)
+
+
+def scan_adjoint(
+    a: Tensor, g: Tensor, g_next: Tensor | None, chunk_size: int | None = None, ops: Transitions = DIAGONAL
+) -> Tensor:
+    """The adjoint ``r_t = g_t + a_{t+1}^T r_{t+1}`` of :func:`scan_states` (``g_next = a_T^T r_T``, ``(B, ...)``
+    or ``None``): ``r = dL/dh`` for ``g = ∂L/∂h`` (pass ``a.conj()`` for complex coefficients)."""
+    return _chunked_adjoint(ops, a, g, None if g_next is None else g_next.unsqueeze(1), chunk_size)
 
 
 class _LinearScan(torch.autograd.Function):
@@ -235,7 +276,7 @@ class _LinearScan(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         ctx.chunk_size = chunk_size
-        h = _scan_forward(a, b, h0, chunk_size)
+        h = scan_states(a, b, h0, chunk_size)
         ctx.save_for_backward(a, h, h0)
         return h, h[:, -1].clone()
 
@@ -248,7 +289,7 @@ class _LinearScan(torch.autograd.Function):
                 return None, None, None, None
             grad_h = torch.zeros_like(h)
         a_adj = a.conj() if a.is_complex() else a
-        r = _scan_backward(a_adj, grad_h, grad_last, ctx.chunk_size)
+        r = scan_adjoint(a_adj, grad_h, grad_last, ctx.chunk_size)
         grad_a = grad_h0 = None
         if ctx.needs_input_grad[0]:
             h_prev = h.conj() if h.is_complex() else h

@@ -38,11 +38,14 @@ iterations, each a full sweep of the cell and its Jacobian plus a scan. A chunk 
 accelerators).
 
 Gradients (implicit function theorem). The solution satisfies ``h_t = f(h_{t-1}, θ_t)``; for a loss with
-``g_t = ∂L/∂h_t`` the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` is a reverse linear scan on the saved Jacobians,
-and ``∂L/∂θ`` is the vector-Jacobian product of ONE evaluation of f at the solution with ``λ`` (autograd, in
-time blocks of about ``VJP_BLOCK_ELEMENTS`` state numbers: at (8, 4096, 256), one thread, 307, 271, 322 and
-805 ms for 2^16, 2^18, 2^20 and all of them); ``∂L/∂h0 = J_0^T λ_0``. Nothing is differentiated through the
-iterations.
+``g_t = ∂L/∂h_t`` the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` is a reverse linear recurrence on the saved
+Jacobians, ``∂L/∂θ`` is the sum over steps of the vector-Jacobian products of f at the solution with ``λ_t``,
+and ``∂L/∂h0 = J_0^T λ_0``. Nothing is differentiated through the iterations. The backward runs on the
+forward's chunks (:class:`_Adjoint`): the adjoint's chunk-boundary values by a scan, then every chunk's steps
+at once in reverse, each step's product computed on ``(batch, chunks, ...)`` slices that stay in cache. A cell
+may carry a hand-written product, ``cell.vjp(h_prev, *xs_t, *params, lam) -> grads`` (one per ``xs`` and
+``params``, the latter summed over the leading dims); otherwise autograd differentiates one evaluation of the
+cell per step.
 """
 
 from __future__ import annotations
@@ -56,9 +59,8 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from .block_scan import block_linear_scan, block_matmul, block_matvec, block_scan_adjoint
-from .linear_scan import _scan_backward as diagonal_scan_adjoint
-from .linear_scan import linear_scan
+from .block_scan import BLOCKS
+from .linear_scan import DIAGONAL, Transitions, scan_states
 
 __all__ = [
     "Cell", "NewtonConvergenceWarning", "NewtonInfo", "default_chunk_size", "default_tolerance",
@@ -69,7 +71,6 @@ Cell = Callable[..., tuple[Tensor, "Tensor | None"]]
 MODES = ("newton", "recurrent")
 DEFAULT_MAX_ITERS = 50
 STEP_ELEMENTS = 2**16  # state numbers per chunk step that amortise the per-operation overhead
-VJP_BLOCK_ELEMENTS = 2**18  # state numbers per time block of the backward's vector-Jacobian product
 WARMUP_STEPS = 64  # steps run from zero to guess each chunk's start (~0.7^64 ≈ 1e-10 of the start left)
 
 
@@ -102,8 +103,9 @@ def default_chunk_size(length: int, step_elements: int, device: torch.device) ->
 
     On CPU, the larger of ``round(sqrt(T))`` (fewest operations when each is small) and the size that gives
     each chunk step about ``STEP_ELEMENTS`` numbers (``n_chunks x step_elements``), enough to amortise the
-    per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (ParaGRU forward,
-    one thread, CPU time: 466, 256, 201, 215, 203 ms for C = 32, 64, 128, 256, 512). On accelerators, 1
+    per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (the ParaGRU layer's
+    forward+backward, 2 threads, fastest of 6 interleaved runs: 490, 428, 416, 521 ms for C = 32, 64, 128,
+    256; C = 32 needs a second iteration, its 32-step warm-up being too short). On accelerators, 1
     (DEER): there a step over whole sequences is one kernel per operation, and a few full-length iterations
     beat many chunk steps (not timed here).
     """
@@ -149,8 +151,9 @@ def _check_inputs(
     return [x.to(dtype) for x in xs], h0.to(dtype), [p.to(dtype) for p in params]
 
 
-def _jacobian_is_diagonal(cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: Sequence[Tensor]) -> bool:
-    """Evaluate the cell on the first step and classify its Jacobian: diagonal (True) or k×k blocks (False)."""
+def _jacobian_kind(cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: Sequence[Tensor]) -> Transitions:
+    """Evaluate the cell on the first step and classify its Jacobian: diagonal (the scan's :data:`DIAGONAL`
+    products) or k×k blocks (:data:`~rnnzoo.ops.block_scan.BLOCKS`)."""
     h_prev = h0.unsqueeze(1)
     h, jac = cell(h_prev, *(x[:, :1] for x in xs), *params, jacobian=True)
     where = "nonlinear_recurrence"
@@ -160,10 +163,10 @@ def _jacobian_is_diagonal(cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: 
             f"{where}: the cell must return a state of the shape it is given, {tuple(h_prev.shape)}; got {got}"
         )
     if isinstance(jac, Tensor) and jac.shape == h.shape:
-        return True
+        return DIAGONAL
     block = (*h.shape[:3], *h.shape[2:])
     if isinstance(jac, Tensor) and h.dim() >= 3 and jac.shape == block:
-        return False
+        return BLOCKS
     got = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
     raise ValueError(
         f"{where}: with jacobian=True the cell must return J of the state's shape {tuple(h.shape)} (diagonal) "
@@ -195,10 +198,6 @@ def nonlinear_recurrence_reference(
 # Newton's method
 
 
-def _apply(jac: Tensor, v: Tensor, diagonal: bool) -> Tensor:
-    return jac * v if diagonal else block_matvec(jac, v)
-
-
 def _run(
     cell: Cell,
     steps: Iterable[tuple[Tensor, ...]],
@@ -206,7 +205,7 @@ def _run(
     start: Tensor,
     out: Iterable[Tensor],
     jac_out: Iterable[Tensor],
-    diagonal: bool,
+    ops: Transitions,
 ) -> tuple[Tensor, Tensor]:
     """Run the cell from ``start`` over ``steps`` (per step, the inputs' views), writing each state and Jacobian
     to ``out`` and ``jac_out``; return the end state and the product of the Jacobians (last step leftmost)."""
@@ -215,7 +214,7 @@ def _run(
         h, jac = cell(h, *x_t, *params, jacobian=True)
         out_t.copy_(h)
         jac_t.copy_(jac)
-        product = jac if product is None else (jac * product if diagonal else block_matmul(jac, product))
+        product = jac if product is None else ops.compose(jac, product)
     return h, product
 
 
@@ -227,12 +226,12 @@ def _loop(
     h: Tensor,
     jac: Tensor,
     begin: int,
-    diagonal: bool,
+    ops: Transitions,
 ) -> None:
     """The sequential loop over steps ``begin..T-1`` from ``start`` ``(batch, 1, *state)``, writing each state and
     Jacobian into ``h`` and ``jac``."""
     steps = zip(*(x[:, begin:].split(1, dim=1) for x in xs))
-    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), jac[:, begin:].split(1, dim=1), diagonal)
+    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), jac[:, begin:].split(1, dim=1), ops)
 
 
 def _chunk_views(t: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, ...]:
@@ -271,27 +270,26 @@ def _newton(
     cell: Cell, xs: Sequence[Tensor], params: Sequence[Tensor], h0: Tensor, settings: _Solve
 ) -> tuple[Tensor, Tensor, NewtonInfo]:
     """All states and step Jacobians of the recurrence (no autograd), by Newton on chunk boundaries."""
-    diagonal = _jacobian_is_diagonal(cell, xs, h0, params)
+    ops = _jacobian_kind(cell, xs, h0, params)
     batch, length = xs[0].shape[:2]
     chunk = min(settings.chunk_size, length)
     n_chunks = length // chunk
     main = n_chunks * chunk
     h = h0.new_empty(batch, length, *h0.shape[1:])
-    jac = h0.new_empty(batch, length, *(h0.shape[1:] if diagonal else (h0.shape[1], *h0.shape[1:])))
+    jac = h0.new_empty(batch, length, *(h0.shape[1:] if ops is DIAGONAL else (h0.shape[1], *h0.shape[1:])))
     steps = list(zip(*(_chunk_views(x, n_chunks, chunk) for x in xs)))
     h_views, jac_views = _chunk_views(h, n_chunks, chunk), _chunk_views(jac, n_chunks, chunk)
-    scan = linear_scan if diagonal else block_linear_scan
     first = h0.unsqueeze(1)
 
     starts = _first_guess(cell, xs, params, h0, n_chunks, chunk)
     converged, update, iterations = False, math.inf, 0
     for iterations in range(1, settings.max_iters + 1):
-        ends, product = _run(cell, steps, params, starts, h_views, jac_views, diagonal)
+        ends, product = _run(cell, steps, params, starts, h_views, jac_views, ops)
         if n_chunks == 1:
             converged, update = True, 0.0
             break
         a = product[:, :-1]
-        new, _ = scan(a, ends[:, :-1] - _apply(a, starts[:, :-1], diagonal), h0)
+        new = scan_states(a, ends[:, :-1] - ops.apply(a, starts[:, :-1]), h0, ops=ops)
         update = (new - starts[:, 1:]).abs().max().item()
         starts = torch.cat([first, new], dim=1)
         if not math.isfinite(update):
@@ -301,7 +299,7 @@ def _newton(
             break
     if converged:
         if main < length:  # the ragged tail, after the last chunk
-            _loop(cell, xs, params, ends[:, -1:], h, jac, main, diagonal)
+            _loop(cell, xs, params, ends[:, -1:], h, jac, main, ops)
     else:
         warnings.warn(
             f"nonlinear_recurrence: Newton's method did not converge in {iterations} iterations (last update "
@@ -309,50 +307,109 @@ def _newton(
             NewtonConvergenceWarning,
             stacklevel=2,
         )
-        _loop(cell, xs, params, first, h, jac, 0, diagonal)
+        _loop(cell, xs, params, first, h, jac, 0, ops)
     return h, jac, NewtonInfo(iterations, converged, update, chunk)
 
 
-def _cell_vjp(
-    cell: Cell, n_xs: int, h: Tensor, h0: Tensor, inputs: Sequence[Tensor], lam: Tensor, needs: Sequence[bool]
+def _step_vjp(
+    cell: Cell, h_prev: Tensor, x_t: Sequence[Tensor], params: Sequence[Tensor], lam: Tensor, needs: Sequence[bool]
 ) -> list[Tensor | None]:
-    """Gradients of ``Σ_t λ_t · f(h_{t-1}, x_t, θ)`` w.r.t. the cell's inputs, by autograd on one evaluation of f
-    at the solution, in time blocks."""
-    if not any(needs):
-        return [None] * len(inputs)
-    h, h0, length = h.detach(), h0.detach(), h.shape[1]
-    block = max(1, VJP_BLOCK_ELEMENTS // h[:, 0].numel())
-    xs = inputs[:n_xs]
-    params = [p.detach().requires_grad_(need) for p, need in zip(inputs[n_xs:], needs[n_xs:])]
-    grads: list[Tensor | None] = [torch.empty_like(x) if need else None for x, need in zip(xs, needs)]
-    grads += [torch.zeros_like(p) if need else None for p, need in zip(params, needs[n_xs:])]
+    """Gradients of ``λ · f(h_prev, x_t, θ)`` w.r.t. ``x_t`` and ``θ`` (summed over the leading dims): the cell's
+    own ``vjp`` if it has one, else autograd on one evaluation of the cell."""
+    if hasattr(cell, "vjp"):
+        return list(cell.vjp(h_prev, *x_t, *params, lam))
     with torch.enable_grad():
-        for s in range(0, length, block):
-            e = min(length, s + block)
-            h_prev = h[:, s - 1 : e - 1] if s else torch.cat([h0.unsqueeze(1), h[:, : e - 1]], dim=1)
-            x_block = [x[:, s:e].detach().requires_grad_(need) for x, need in zip(xs, needs)]
-            out, _ = cell(h_prev, *x_block, *params, jacobian=False)
-            leaves = [t for t in (*x_block, *params) if t.requires_grad]
-            got = iter(torch.autograd.grad(out, leaves, lam[:, s:e], allow_unused=True))
-            for i, leaf in enumerate((*x_block, *params)):
-                if not leaf.requires_grad:
-                    continue
-                g = next(got)
-                if i < n_xs:
-                    grads[i][:, s:e] = 0 if g is None else g
-                elif g is not None:
-                    grads[i] += g
-    return grads
+        leaves = [t.detach().requires_grad_(need) for t, need in zip((*x_t, *params), needs)]
+        out, _ = cell(h_prev, *leaves, jacobian=False)
+        wanted = [t for t in leaves if t.requires_grad]
+        got = iter(torch.autograd.grad(out, wanted, lam, allow_unused=True))
+    return [next(got) if t.requires_grad else None for t in leaves]
+
+
+class _Adjoint:
+    """The backward pass: the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` (``λ_{T-1} = g_{T-1} + ∂L/∂h_last``) and
+    the cell's vector-Jacobian product at every step, on the forward's chunks.
+
+    Reverse order, each step over ``(batch, chunks, ...)`` at once: (1) the ragged tail, step by step; (2) in
+    every chunk the local adjoint from a zero end, which gives ``b_j = J_{j,0}^T λ^local_{j,0}``, and the
+    chunk's Jacobian product ``P_j``; (3) the adjoint entering each chunk's end, ``E_{j-1} = P_j^T E_j + b_j``,
+    by the scan, whose last value ``E_{-1}`` is ``∂L/∂h0``; (4) every chunk again from ``E_j``, with the
+    vector-Jacobian product at each step. Nothing of size ``(batch, time, ...)`` is allocated but the gradients.
+    """
+
+    def __init__(self, cell: Cell, n_xs: int, h: Tensor, jac: Tensor, h0: Tensor, inputs: Sequence[Tensor],
+                 needs: Sequence[bool]) -> None:  # fmt: skip
+        self.cell, self.h, self.jac, self.h0 = cell, h, jac, h0
+        self.xs, self.params = inputs[:n_xs], inputs[n_xs:]
+        self.needs = needs
+        self.ops = DIAGONAL if jac.dim() == h.dim() else BLOCKS
+        self.grad_xs = [torch.empty_like(x) if need else None for x, need in zip(self.xs, needs)]
+        self.grad_params = [torch.zeros_like(p) if need else None for p, need in zip(self.params, needs[n_xs:])]
+
+    def _vjp(self, h_prev: Tensor, x_t: Sequence[Tensor], lam: Tensor, grad_x_t: Sequence[Tensor | None]) -> None:
+        """Add step ``t``'s vector-Jacobian product to the gradients (``grad_x_t``: views of step t)."""
+        if not any(self.needs):
+            return
+        got = _step_vjp(self.cell, h_prev, x_t, self.params, lam, self.needs)
+        n_xs = len(self.xs)
+        for out, grad in zip(grad_x_t, got[:n_xs]):
+            if out is not None:
+                out.copy_(grad) if grad is not None else out.zero_()
+        for acc, grad in zip(self.grad_params, got[n_xs:]):
+            if acc is not None and grad is not None:
+                acc += grad
+
+    def _tail(self, g: Tensor, carry: Tensor, main: int) -> Tensor:
+        """Steps ``T-1 .. main`` one at a time from the adjoint entering the last step; return ``J_main^T λ_main``."""
+        h, jac = self.h, self.jac
+        for t in range(h.shape[1] - 1, main - 1, -1):
+            step = slice(t, t + 1)
+            lam = g[:, step] + carry
+            x_t = [x[:, step] for x in self.xs]
+            self._vjp(h[:, t - 1 : t], x_t, lam, [None if gx is None else gx[:, step] for gx in self.grad_xs])
+            carry = self.ops.apply(self.ops.transpose(jac[:, step]), lam)
+        return carry
+
+    def run(self, g: Tensor, g_last: Tensor | None, chunk: int) -> tuple[list[Tensor | None], Tensor]:
+        """Gradients of the inputs and params, and ``∂L/∂h0``."""
+        h, jac, ops = self.h, self.jac, self.ops
+        n_chunks = h.shape[1] // chunk
+        main = n_chunks * chunk
+        carry = h.new_zeros(h[:, -1:].shape) if g_last is None else g_last.unsqueeze(1)
+        carry = self._tail(g, carry, main)
+
+        jv, gv, hv = (_chunk_views(t, n_chunks, chunk) for t in (jac, g, h))
+        lam, product = gv[-1], jv[-1]  # (2) local adjoints from a zero end, and P_j
+        for c in range(chunk - 2, -1, -1):
+            lam = ops.affine(gv[c], ops.transpose(jv[c + 1]), lam)
+            product = ops.compose(product, jv[c])
+        local = ops.apply(ops.transpose(jv[0]), lam)
+        # (3) E_{j-1} = P_j^T E_j + b_j, from E_{n-1} = carry; scanned in reverse chunk order
+        entering = scan_states(ops.transpose(product).flip(1), local.flip(1), carry.squeeze(1), ops=ops)
+        grad_h0 = entering[:, -1]
+        entering = torch.cat([entering[:, :-1].flip(1), carry], dim=1)  # E_0 .. E_{n-1}
+
+        xv = [_chunk_views(x, n_chunks, chunk) for x in self.xs]
+        gxv = [None if gx is None else _chunk_views(gx, n_chunks, chunk) for gx in self.grad_xs]
+        first_prev = torch.cat([self.h0.unsqueeze(1), hv[-1][:, :-1]], dim=1)  # the state before each chunk
+        lam = gv[-1] + entering  # (4)
+        for c in range(chunk - 1, -1, -1):
+            if c < chunk - 1:
+                lam = ops.affine(gv[c], ops.transpose(jv[c + 1]), lam)
+            x_t = [views[c] for views in xv]
+            self._vjp(hv[c - 1] if c else first_prev, x_t, lam, [None if v is None else v[c] for v in gxv])
+        return [*self.grad_xs, *self.grad_params], grad_h0
 
 
 class _NewtonRecurrence(torch.autograd.Function):
-    """Newton solve in the forward, the adjoint recurrence and one vector-Jacobian product in the backward."""
+    """Newton solve in the forward, the adjoint recurrence and the cell's vector-Jacobian products in the
+    backward (:class:`_Adjoint`)."""
 
     @staticmethod
     def forward(ctx, cell: Cell, settings: _Solve, h0: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         h, jac, settings.info = _newton(cell, inputs[: settings.n_xs], inputs[settings.n_xs :], h0, settings)
-        ctx.cell, ctx.n_xs = cell, settings.n_xs
+        ctx.cell, ctx.n_xs, ctx.chunk = cell, settings.n_xs, settings.info.chunk_size
         ctx.save_for_backward(h, jac, h0, *inputs)
         return h, h[:, -1].clone()
 
@@ -363,15 +420,9 @@ class _NewtonRecurrence(torch.autograd.Function):
         if grad_h is None and grad_last is None:
             return None, None, None, *([None] * len(inputs))
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h
-        diagonal = jac.dim() == h.dim()
-        adjoint = diagonal_scan_adjoint if diagonal else block_scan_adjoint
-        lam = adjoint(jac, grad_h, grad_last, None)
-        grad_h0 = None
-        if ctx.needs_input_grad[2]:
-            jac_0 = jac[:, :1] if diagonal else jac[:, :1].transpose(2, 3)
-            grad_h0 = _apply(jac_0, lam[:, :1], diagonal).squeeze(1)
-        grads = _cell_vjp(ctx.cell, ctx.n_xs, h, h0, inputs, lam, ctx.needs_input_grad[3:])
-        return None, None, grad_h0, *grads
+        adjoint = _Adjoint(ctx.cell, ctx.n_xs, h, jac, h0, inputs, ctx.needs_input_grad[3:])
+        grads, grad_h0 = adjoint.run(grad_h, grad_last, ctx.chunk)
+        return None, None, grad_h0 if ctx.needs_input_grad[2] else None, *grads
 
 
 def nonlinear_recurrence(
