@@ -238,7 +238,8 @@ class _ParaRNN(SequenceLayer):
         return h, h_last
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, num_heads={self.num_heads}, tol={self.tol}, max_iters={self.max_iters}, chunk_size={self.chunk_size}"
+        newton = f"tol={self.tol}, max_iters={self.max_iters}, chunk_size={self.chunk_size}"
+        return f"{super().extra_repr()}, num_heads={self.num_heads}, {newton}"
 
 
 @register(

@@ -353,8 +353,12 @@ class _Adjoint:
         got = _step_vjp(self.cell, h_prev, x_t, self.params, lam, self.needs)
         n_xs = len(self.xs)
         for out, grad in zip(grad_x_t, got[:n_xs]):
-            if out is not None:
-                out.copy_(grad) if grad is not None else out.zero_()
+            if out is None:
+                continue
+            if grad is None:  # the cell does not use this input
+                out.zero_()
+            else:
+                out.copy_(grad)
         for acc, grad in zip(self.grad_params, got[n_xs:]):
             if acc is not None and grad is not None:
                 acc += grad
