@@ -40,9 +40,9 @@ accelerators).
 Gradients (implicit function theorem). The solution satisfies ``h_t = f(h_{t-1}, θ_t)``; for a loss with
 ``g_t = ∂L/∂h_t`` the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` is a reverse linear recurrence on the saved
 Jacobians, ``∂L/∂θ`` is the sum over steps of the vector-Jacobian products of f at the solution with ``λ_t``,
-and ``∂L/∂h0 = J_0^T λ_0``. Nothing is differentiated through the iterations. The backward runs on the
-forward's chunks (:class:`_Adjoint`): the adjoint's chunk-boundary values by a scan, then every chunk's steps
-at once in reverse, each step's product computed on ``(batch, chunks, ...)`` slices that stay in cache. A cell
+and ``∂L/∂h0 = J_0^T λ_0``. Nothing is differentiated through the iterations. The backward (:class:`_Adjoint`)
+solves the adjoint with engine 2's reverse scan, then computes the per-step products on the forward's chunks,
+``(batch, chunks, ...)`` slices that stay in cache. A cell
 may carry a hand-written product, ``cell.vjp(h_prev, *xs_t, *params, lam) -> grads`` (one per ``xs`` and
 ``params``, the latter summed over the leading dims); otherwise autograd differentiates one evaluation of the
 cell per step.
@@ -60,7 +60,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from .block_scan import BLOCKS
-from .linear_scan import DIAGONAL, Transitions, scan_states
+from .linear_scan import DIAGONAL, Transitions, scan_adjoint, scan_states
 
 __all__ = [
     "Cell", "NewtonConvergenceWarning", "NewtonInfo", "default_chunk_size", "default_tolerance",
@@ -327,15 +327,9 @@ def _step_vjp(
 
 
 class _Adjoint:
-    """The backward pass: the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` (``λ_{T-1} = g_{T-1} + ∂L/∂h_last``) and
-    the cell's vector-Jacobian product at every step, on the forward's chunks.
-
-    Reverse order, each step over ``(batch, chunks, ...)`` at once: (1) the ragged tail, step by step; (2) in
-    every chunk the local adjoint from a zero end, which gives ``b_j = J_{j,0}^T λ^local_{j,0}``, and the
-    chunk's Jacobian product ``P_j``; (3) the adjoint entering each chunk's end, ``E_{j-1} = P_j^T E_j + b_j``,
-    by the scan, whose last value ``E_{-1}`` is ``∂L/∂h0``; (4) every chunk again from ``E_j``, with the
-    vector-Jacobian product at each step. Nothing of size ``(batch, time, ...)`` is allocated but the gradients.
-    """
+    """The backward pass: the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` (``λ_{T-1} = g_{T-1} + ∂L/∂h_last``) by
+    engine 2's reverse scan on the saved Jacobians, then the cell's vector-Jacobian product at every step, on
+    the forward's chunks: each step's product runs on ``(batch, chunks, ...)`` slices that stay in cache."""
 
     def __init__(self, cell: Cell, n_xs: int, h: Tensor, jac: Tensor, h0: Tensor, inputs: Sequence[Tensor],
                  needs: Sequence[bool]) -> None:  # fmt: skip
@@ -348,8 +342,6 @@ class _Adjoint:
 
     def _vjp(self, h_prev: Tensor, x_t: Sequence[Tensor], lam: Tensor, grad_x_t: Sequence[Tensor | None]) -> None:
         """Add step ``t``'s vector-Jacobian product to the gradients (``grad_x_t``: views of step t)."""
-        if not any(self.needs):
-            return
         got = _step_vjp(self.cell, h_prev, x_t, self.params, lam, self.needs)
         n_xs = len(self.xs)
         for out, grad in zip(grad_x_t, got[:n_xs]):
@@ -363,45 +355,26 @@ class _Adjoint:
             if acc is not None and grad is not None:
                 acc += grad
 
-    def _tail(self, g: Tensor, carry: Tensor, main: int) -> Tensor:
-        """Steps ``T-1 .. main`` one at a time from the adjoint entering the last step; return ``J_main^T λ_main``."""
-        h, jac = self.h, self.jac
-        for t in range(h.shape[1] - 1, main - 1, -1):
-            step = slice(t, t + 1)
-            lam = g[:, step] + carry
-            x_t = [x[:, step] for x in self.xs]
-            self._vjp(h[:, t - 1 : t], x_t, lam, [None if gx is None else gx[:, step] for gx in self.grad_xs])
-            carry = self.ops.apply(self.ops.transpose(jac[:, step]), lam)
-        return carry
-
     def run(self, g: Tensor, g_last: Tensor | None, chunk: int) -> tuple[list[Tensor | None], Tensor]:
-        """Gradients of the inputs and params, and ``∂L/∂h0``."""
+        """Gradients of the inputs and params, and ``∂L/∂h0 = J_0^T λ_0``."""
         h, jac, ops = self.h, self.jac, self.ops
+        lam = scan_adjoint(jac, g, g_last, ops=ops)
+        grad_h0 = ops.apply(ops.transpose(jac[:, :1]), lam[:, :1]).squeeze(1)
+        if not any(self.needs):
+            return [*self.grad_xs, *self.grad_params], grad_h0
         n_chunks = h.shape[1] // chunk
         main = n_chunks * chunk
-        carry = h.new_zeros(h[:, -1:].shape) if g_last is None else g_last.unsqueeze(1)
-        carry = self._tail(g, carry, main)
-
-        jv, gv, hv = (_chunk_views(t, n_chunks, chunk) for t in (jac, g, h))
-        lam, product = gv[-1], jv[-1]  # (2) local adjoints from a zero end, and P_j
-        for c in range(chunk - 2, -1, -1):
-            lam = ops.affine(gv[c], ops.transpose(jv[c + 1]), lam)
-            product = ops.compose(product, jv[c])
-        local = ops.apply(ops.transpose(jv[0]), lam)
-        # (3) E_{j-1} = P_j^T E_j + b_j, from E_{n-1} = carry; scanned in reverse chunk order
-        entering = scan_states(ops.transpose(product).flip(1), local.flip(1), carry.squeeze(1), ops=ops)
-        grad_h0 = entering[:, -1]
-        entering = torch.cat([entering[:, :-1].flip(1), carry], dim=1)  # E_0 .. E_{n-1}
-
+        hv, lv = _chunk_views(h, n_chunks, chunk), _chunk_views(lam, n_chunks, chunk)
         xv = [_chunk_views(x, n_chunks, chunk) for x in self.xs]
         gxv = [None if gx is None else _chunk_views(gx, n_chunks, chunk) for gx in self.grad_xs]
         first_prev = torch.cat([self.h0.unsqueeze(1), hv[-1][:, :-1]], dim=1)  # the state before each chunk
-        lam = gv[-1] + entering  # (4)
-        for c in range(chunk - 1, -1, -1):
-            if c < chunk - 1:
-                lam = ops.affine(gv[c], ops.transpose(jv[c + 1]), lam)
+        for c in range(chunk):
             x_t = [views[c] for views in xv]
-            self._vjp(hv[c - 1] if c else first_prev, x_t, lam, [None if v is None else v[c] for v in gxv])
+            self._vjp(hv[c - 1] if c else first_prev, x_t, lv[c], [None if v is None else v[c] for v in gxv])
+        for t in range(main, h.shape[1]):  # the ragged tail, step by step
+            step = slice(t, t + 1)
+            x_t = [x[:, step] for x in self.xs]
+            self._vjp(h[:, t - 1 : t], x_t, lam[:, step], [None if gx is None else gx[:, step] for gx in self.grad_xs])
         return [*self.grad_xs, *self.grad_params], grad_h0
 
 
