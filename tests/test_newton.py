@@ -118,6 +118,20 @@ def test_gradients_only_where_needed_and_through_final_state():
     assert not h.requires_grad
 
 
+@pytest.mark.parametrize("cell_name", ["tanh", "rotation"])
+@pytest.mark.parametrize("length,chunk", [(1, None), (50, 7), (300, 1)])
+def test_gradient_of_h0_alone(cell_name, length, chunk):
+    """With nothing else requiring grad the backward still runs both adjoint sweeps for ``∂L/∂h0``."""
+    cell, xs, h0, params = problem(cell_name, 2, length, seed=length)
+    grads = []
+    for solve in (nonlinear_recurrence, nonlinear_recurrence_reference):
+        start = h0.clone().requires_grad_(True)
+        kw = {"chunk_size": chunk} if solve is nonlinear_recurrence else {}
+        h, last = solve(cell, xs, start, params, **kw)[:2]
+        grads.append(torch.autograd.grad((h * h).sum() + last.sum(), start)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
 def test_exact_after_as_many_iterations_as_chunks():
     """After k iterations the first k chunks are exact: n_chunks iterations converge even with no tolerance stop
     (an expanding cell, |a| up to 5, that Newton does not settle earlier)."""

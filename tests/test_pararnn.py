@@ -13,7 +13,7 @@ import torch
 
 import rnnzoo
 from forms import assert_forms_agree
-from rnnzoo.layers.pararnn import ParaGRU, ParaLSTM, _tanh, para_gru_cell, para_lstm_cell
+from rnnzoo.layers.pararnn import ParaGRU, ParaLSTM, _HeadProjection, _tanh, para_gru_cell, para_lstm_cell
 from rnnzoo.ops.newton import NewtonConvergenceWarning
 
 NAMES = ["paragru", "paralstm"]
@@ -191,6 +191,22 @@ def test_input_weights_are_block_diagonal_over_heads(num_heads):
     x = torch.randn(2, 5, d, dtype=torch.float64)
     expected = torch.einsum("goi,bti->btgo", dense, x) + layer.in_bias.detach()
     torch.testing.assert_close(layer._preactivations(x), expected)
+
+
+@pytest.mark.parametrize("num_heads, lead", [(1, (2, 5)), (2, (7,)), (4, (2, 3, 1))])
+def test_head_projection_gradients(num_heads, lead):
+    """The per-block matrix products' backward is the derivative of their forward (and of the einsum)."""
+    gen = torch.Generator().manual_seed(num_heads)
+    d, head = 8, 8 // num_heads
+    x = torch.randn(*lead, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(num_heads, head, 3, head, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_HeadProjection.apply, (x, weight, bias))
+    einsum = torch.einsum("...hi,higj->...ghj", x.unflatten(-1, (num_heads, head)), weight).flatten(-2) + bias
+    torch.testing.assert_close(_HeadProjection.apply(x, weight, bias), einsum)
+    only_x = _HeadProjection.apply(x, weight.detach(), bias.detach())  # weights frozen: only x's gradient
+    (grad_x,) = torch.autograd.grad(only_x.sum(), x)
+    torch.testing.assert_close(grad_x, torch.autograd.grad(einsum.sum(), x)[0])
 
 
 @pytest.mark.parametrize("name", NAMES)

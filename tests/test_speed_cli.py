@@ -99,6 +99,19 @@ def test_time_fns_interleaves_functions():
     assert calls == ["a", "b"] * 4 and [n for *_, n in timings] == [3, 3]  # one warmup round, then 3 rounds
 
 
+def test_rows_of_one_shape_are_timed_together(monkeypatch):
+    """Rows of one shape and dtype go round-robin through one time_fns call (forward, then forward+backward);
+    another shape is timed apart."""
+    groups: list[int] = []
+    real = speed.time_fns
+    monkeypatch.setattr(speed, "time_fns", lambda fns, **kw: groups.append(len(fns)) or real(fns, **kw))
+    specs = speed.make_specs(["mingru", "cumsum"], (2, 16, 8)) + speed.make_specs(["mingru"], (2, 24, 8))
+    records = speed.run(specs, threads=1, repeats=1, budget_s=0)
+    together = len([s for s in specs if s.length == 16])
+    assert together >= 3 and groups == [together, together, len(specs) - together, len(specs) - together]
+    assert [(r.target, r.mode, r.length) for r in records] == [(s.target, s.mode, s.length) for s in specs]
+
+
 def test_step_flag_writes_step_rows(tmp_path, capsys):
     data = _speed(tmp_path, "--step", "--model", "mingru")
     (r,) = data["records"]

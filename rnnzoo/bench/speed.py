@@ -20,6 +20,7 @@ Step rows (mode ``step``, :func:`step_specs`) time a layer's ``step`` after a co
 parallel forward builds the state, then single-token steps feed it back (median ms per token); they report the
 state's bytes after the context and after the timed steps.
 
+The rows of one shape and dtype are timed together, round-robin, so that the machine's drift hits them alike.
 Each row is compared with one other row timed in the same run (:func:`comparison`): a ``recurrent`` row with its
 target's parallel form at the same shape (the speed-up), ``linear_scan scan`` with ``cumsum`` at the same shape,
 the parallel form of a layer with a PyTorch counterpart (:data:`BASELINE_OF`: ``lstm``, ``gru``, ``slstm``,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BARS", "DTYPES", "Bar", "Record", "Spec", "compare", "comparison", "flop_count", "header", "make_specs",
     "measure", "measure_steps", "quick_specs", "report", "run", "state_bytes", "step_specs", "target_modes",
-    "target_names", "time_fn", "time_fns", "write_json",
+    "target_names", "time_fns", "write_json",
 ]  # fmt: skip
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
@@ -451,11 +452,6 @@ def time_fns(
     return [(statistics.median(t) * 1e3, min(t) * 1e3, len(t)) for t in times]
 
 
-def time_fn(fn: Callable[[], object], **timing) -> tuple[float, float, int]:
-    """Time ``fn()`` alone: :func:`time_fns` of ``[fn]`` (same keywords)."""
-    return time_fns([fn], **timing)[0]
-
-
 def flop_count(spec: Spec, backward: bool) -> int | None:
     """FLOPs of one forward (``backward=False``) or forward+backward call of ``spec``, None where no count applies."""
     if spec.target == MATMUL:
@@ -468,40 +464,48 @@ def flop_count(spec: Spec, backward: bool) -> int | None:
 
 
 def measure(
-    spec: Spec,
+    specs: Sequence[Spec],
     *,
     threads: int,
     device: torch.device,
     repeats: int = 3,
     budget_s: float = 0.3,
     forward_only: bool = False,
-) -> Record:
-    """Time one spec forward-only and (unless ``forward_only``, or for ``matmul``) forward+backward, on the
-    current thread count."""
-    torch.manual_seed(0)
-    forward, leaves = _workload(spec, device)
-    with torch.no_grad():
-        grad = torch.randn_like(forward())
+) -> list[Record]:
+    """Time specs forward-only and (unless ``forward_only``, or for ``matmul``) forward+backward, on the current
+    thread count, round-robin (:func:`time_fns`): rows timed together see the machine's drift alike, so their
+    ratios hold on a machine whose speed wanders by 2x over minutes. :func:`run` passes the rows of one shape."""
+    workloads = []
+    for spec in specs:
+        torch.manual_seed(0)
+        forward, leaves = _workload(spec, device)
+        with torch.no_grad():
+            workloads.append((forward, leaves, torch.randn_like(forward())))
 
-    def forward_no_grad() -> None:
+    def forward_no_grad(forward: Callable[[], Tensor]) -> None:
         with torch.no_grad():
             forward()
 
-    def forward_backward() -> None:
+    def forward_backward(forward: Callable[[], Tensor], leaves: Sequence[Tensor], grad: Tensor) -> None:
         for leaf in leaves:
             leaf.grad = None
         forward().backward(grad)
 
     timing = dict(repeats=repeats, budget_s=budget_s, device=device)
-    fwd = time_fn(forward_no_grad, **timing)
-    backward = not forward_only and spec.target != MATMUL
-    bwd = time_fn(forward_backward, **timing) if backward else (None, None, None)
-    flops = flop_count(spec, backward)
-    gflops = None if flops is None else flops / (bwd[0] if backward else fwd[0]) / 1e6
-    return Record(
-        spec.target, spec.mode, spec.batch, spec.length, spec.d_model, spec.dtype, threads, str(device), *fwd, *bwd,
-        gflops=gflops,
-    )  # fmt: skip
+    fwd = time_fns([functools.partial(forward_no_grad, forward) for forward, _, _ in workloads], **timing)
+    backward = [not forward_only and spec.target != MATMUL for spec in specs]
+    with_backward = [functools.partial(forward_backward, *w) for w, b in zip(workloads, backward) if b]
+    bwd = iter(time_fns(with_backward, **timing) if with_backward else ())
+    records = []
+    for spec, fwd_timing, timed_backward in zip(specs, fwd, backward):
+        bwd_timing = next(bwd) if timed_backward else (None, None, None)
+        flops = flop_count(spec, timed_backward)
+        gflops = None if flops is None else flops / (bwd_timing[0] if timed_backward else fwd_timing[0]) / 1e6
+        records.append(Record(
+            spec.target, spec.mode, spec.batch, spec.length, spec.d_model, spec.dtype, threads, str(device),
+            *fwd_timing, *bwd_timing, gflops=gflops,
+        ))  # fmt: skip
+    return records
 
 
 def state_bytes(state: RecurrentState) -> int:
@@ -587,8 +591,9 @@ def run(
 ) -> list[Record]:
     """Time every spec with ``threads`` threads (restored afterwards), then compare rows side by side.
 
-    :func:`measure` times each spec but step specs, which :func:`measure_steps` times together per layer, batch,
-    d_model and dtype. ``on_spec`` is called before each spec is timed (progress display).
+    :func:`measure` times the specs of one shape and dtype together, round-robin, and :func:`measure_steps` the
+    step specs of one layer, batch, d_model and dtype. ``on_spec`` is called before each spec is timed (progress
+    display).
     """
     settings = dict(threads=threads, device=torch.device(device), repeats=repeats, budget_s=budget_s)
     previous = torch.get_num_threads()
@@ -598,14 +603,17 @@ def run(
         for spec in specs:
             if spec in records:
                 continue
-            group = [s for s in specs if _step_group(s) == _step_group(spec)] if spec.mode == STEP else [spec]
+            if spec.mode == STEP:
+                group = list(dict.fromkeys(s for s in specs if _step_group(s) == _step_group(spec)))
+            else:
+                group = list(dict.fromkeys(s for s in specs if s.mode != STEP and s.config == spec.config))
             for s in group:
                 if on_spec is not None:
                     on_spec(s)
             if spec.mode == STEP:
                 records.update(zip(group, measure_steps(group, **settings)))
             else:
-                records[spec] = measure(spec, forward_only=forward_only, **settings)
+                records.update(zip(group, measure(group, forward_only=forward_only, **settings)))
     finally:
         torch.set_num_threads(previous)
     return compare([records[s] for s in specs])

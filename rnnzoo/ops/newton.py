@@ -41,9 +41,10 @@ Gradients (implicit function theorem). The solution satisfies ``h_t = f(h_{t-1},
 ``g_t = ∂L/∂h_t`` the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` is a reverse linear recurrence on the saved
 Jacobians, ``∂L/∂θ`` is the sum over steps of the vector-Jacobian products of f at the solution with ``λ_t``,
 and ``∂L/∂h0 = J_0^T λ_0``. Nothing is differentiated through the iterations. The backward (:class:`_Adjoint`)
-solves the adjoint with engine 2's reverse scan, then computes the per-step products on the forward's chunks,
-``(batch, chunks, ...)`` slices that stay in cache. A cell
-may carry a hand-written product, ``cell.vjp(h_prev, *xs_t, *params, lam) -> grads`` (one per ``xs`` and
+runs on the forward's chunks in reverse: a sweep down every chunk at once gives what each chunk passes back,
+engine 2's reverse scan carries it across the chunks, and a second sweep computes ``λ_t`` step by step and the
+per-step products with it, on ``(batch, chunks, ...)`` slices that stay in cache (no full-length λ is stored).
+A cell may carry a hand-written product, ``cell.vjp(h_prev, *xs_t, *params, lam) -> grads`` (one per ``xs`` and
 ``params``, the latter summed over the leading dims); otherwise autograd differentiates one evaluation of the
 cell per step.
 """
@@ -105,7 +106,8 @@ def default_chunk_size(length: int, step_elements: int, device: torch.device) ->
     each chunk step about ``STEP_ELEMENTS`` numbers (``n_chunks x step_elements``), enough to amortise the
     per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (the ParaGRU layer's
     forward+backward, 2 threads, fastest of 6 interleaved runs: 490, 428, 416, 521 ms for C = 32, 64, 128,
-    256; C = 32 needs a second iteration, its 32-step warm-up being too short). On accelerators, 1
+    256; C = 32 needs a second iteration, its 32-step warm-up being too short; with the two-sweep backward,
+    C = 64, 96 and 128 are within noise of each other: 530, 484, 529 ms). On accelerators, 1
     (DEER): there a step over whole sequences is one kernel per operation, and a few full-length iterations
     beat many chunk steps (not timed here).
     """
@@ -218,20 +220,37 @@ def _run(
     return h, product
 
 
+@dataclass
+class _Jacobians:
+    """The step Jacobians kept for the backward pass: ``main`` chunk-major, ``(C, batch, chunks, ...)``, so that
+    step c of every chunk (what a chunk sweep writes and the backward reads) is one contiguous block, and the
+    ragged ``tail`` after the last chunk, ``(batch, T - chunks·C, ...)``."""
+
+    main: Tensor
+    tail: Tensor
+
+    def steps(self, begin: int) -> list[Tensor]:
+        """Views ``(batch, 1, ...)`` of steps ``begin..T-1``, in time order."""
+        chunk, n_chunks = self.main.shape[0], self.main.shape[2]
+        end = chunk * n_chunks
+        views = [self.main[t % chunk, :, t // chunk].unsqueeze(1) for t in range(begin, end)]
+        return views + list(self.tail[:, max(begin - end, 0) :].split(1, dim=1))
+
+
 def _loop(
     cell: Cell,
     xs: Sequence[Tensor],
     params: Sequence[Tensor],
     start: Tensor,
     h: Tensor,
-    jac: Tensor,
+    jac: _Jacobians,
     begin: int,
     ops: Transitions,
 ) -> None:
     """The sequential loop over steps ``begin..T-1`` from ``start`` ``(batch, 1, *state)``, writing each state and
     Jacobian into ``h`` and ``jac``."""
     steps = zip(*(x[:, begin:].split(1, dim=1) for x in xs))
-    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), jac[:, begin:].split(1, dim=1), ops)
+    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), jac.steps(begin), ops)
 
 
 def _chunk_views(t: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, ...]:
@@ -268,7 +287,7 @@ def _first_guess(
 
 def _newton(
     cell: Cell, xs: Sequence[Tensor], params: Sequence[Tensor], h0: Tensor, settings: _Solve
-) -> tuple[Tensor, Tensor, NewtonInfo]:
+) -> tuple[Tensor, _Jacobians, NewtonInfo]:
     """All states and step Jacobians of the recurrence (no autograd), by Newton on chunk boundaries."""
     ops = _jacobian_kind(cell, xs, h0, params)
     batch, length = xs[0].shape[:2]
@@ -276,9 +295,10 @@ def _newton(
     n_chunks = length // chunk
     main = n_chunks * chunk
     h = h0.new_empty(batch, length, *h0.shape[1:])
-    jac = h0.new_empty(batch, length, *(h0.shape[1:] if ops is DIAGONAL else (h0.shape[1], *h0.shape[1:])))
+    jac_shape = h0.shape[1:] if ops is DIAGONAL else (h0.shape[1], *h0.shape[1:])
+    jac = _Jacobians(h0.new_empty(chunk, batch, n_chunks, *jac_shape), h0.new_empty(batch, length - main, *jac_shape))
     steps = list(zip(*(_chunk_views(x, n_chunks, chunk) for x in xs)))
-    h_views, jac_views = _chunk_views(h, n_chunks, chunk), _chunk_views(jac, n_chunks, chunk)
+    h_views, jac_views = _chunk_views(h, n_chunks, chunk), jac.main.unbind(0)
     first = h0.unsqueeze(1)
 
     starts = _first_guess(cell, xs, params, h0, n_chunks, chunk)
@@ -327,21 +347,29 @@ def _step_vjp(
 
 
 class _Adjoint:
-    """The backward pass: the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` (``λ_{T-1} = g_{T-1} + ∂L/∂h_last``) by
-    engine 2's reverse scan on the saved Jacobians, then the cell's vector-Jacobian product at every step, on
-    the forward's chunks: each step's product runs on ``(batch, chunks, ...)`` slices that stay in cache."""
+    """The backward pass on the forward's chunks: the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` (``λ_{T-1} =
+    g_{T-1} + ∂L/∂h_last``) and the cell's vector-Jacobian product at every step.
 
-    def __init__(self, cell: Cell, n_xs: int, h: Tensor, jac: Tensor, h0: Tensor, inputs: Sequence[Tensor],
+    Multiple shooting in reverse, mirroring the forward: the ragged tail step by step from the end; then a sweep
+    down every chunk at once with nothing flowing in, giving each chunk's local adjoint at its first step and
+    its Jacobian product ``P_j``; then what flows into the end of each chunk, ``u_{j-1} = J_{s_j}^T λ_{s_j} =
+    b_j + P_j^T u_j``, by engine 2's reverse scan over the chunks; finally a second sweep with the true inflow,
+    each step's ``λ_t`` feeding its vector-Jacobian product at once, on ``(batch, chunks, ...)`` slices that
+    stay in cache. No full-length λ is stored."""
+
+    def __init__(self, cell: Cell, n_xs: int, h: Tensor, jac: _Jacobians, h0: Tensor, inputs: Sequence[Tensor],
                  needs: Sequence[bool]) -> None:  # fmt: skip
         self.cell, self.h, self.jac, self.h0 = cell, h, jac, h0
         self.xs, self.params = inputs[:n_xs], inputs[n_xs:]
         self.needs = needs
-        self.ops = DIAGONAL if jac.dim() == h.dim() else BLOCKS
+        self.ops = DIAGONAL if jac.main.dim() == h.dim() + 1 else BLOCKS
         self.grad_xs = [torch.empty_like(x) if need else None for x, need in zip(self.xs, needs)]
         self.grad_params = [torch.zeros_like(p) if need else None for p, need in zip(self.params, needs[n_xs:])]
 
     def _vjp(self, h_prev: Tensor, x_t: Sequence[Tensor], lam: Tensor, grad_x_t: Sequence[Tensor | None]) -> None:
         """Add step ``t``'s vector-Jacobian product to the gradients (``grad_x_t``: views of step t)."""
+        if not any(self.needs):
+            return
         got = _step_vjp(self.cell, h_prev, x_t, self.params, lam, self.needs)
         n_xs = len(self.xs)
         for out, grad in zip(grad_x_t, got[:n_xs]):
@@ -355,26 +383,47 @@ class _Adjoint:
             if acc is not None and grad is not None:
                 acc += grad
 
-    def run(self, g: Tensor, g_last: Tensor | None, chunk: int) -> tuple[list[Tensor | None], Tensor]:
+    def _tail(self, g: Tensor, g_last: Tensor | None) -> Tensor | None:
+        """The steps after the last chunk, from the end; returns what flows into the last chunk's last step."""
+        h, ops, tail = self.h, self.ops, self.jac.tail
+        main = h.shape[1] - tail.shape[1]
+        inflow = None if g_last is None else g_last.unsqueeze(1)
+        for t in reversed(range(main, h.shape[1])):
+            step = slice(t, t + 1)
+            lam = g[:, step] if inflow is None else g[:, step] + inflow
+            grads = [None if gx is None else gx[:, step] for gx in self.grad_xs]
+            self._vjp(h[:, t - 1 : t], [x[:, step] for x in self.xs], lam, grads)
+            inflow = ops.apply(ops.transpose(tail[:, t - main : t - main + 1]), lam)
+        return inflow
+
+    def run(self, g: Tensor, g_last: Tensor | None) -> tuple[list[Tensor | None], Tensor]:
         """Gradients of the inputs and params, and ``∂L/∂h0 = J_0^T λ_0``."""
-        h, jac, ops = self.h, self.jac, self.ops
-        lam = scan_adjoint(jac, g, g_last, ops=ops)
-        grad_h0 = ops.apply(ops.transpose(jac[:, :1]), lam[:, :1]).squeeze(1)
-        if not any(self.needs):
-            return [*self.grad_xs, *self.grad_params], grad_h0
-        n_chunks = h.shape[1] // chunk
-        main = n_chunks * chunk
-        hv, lv = _chunk_views(h, n_chunks, chunk), _chunk_views(lam, n_chunks, chunk)
+        h, jac, ops = self.h, self.jac.main, self.ops
+        chunk, n_chunks = jac.shape[0], jac.shape[2]
+        inflow = self._tail(g, g_last)
+        gv = _chunk_views(g, n_chunks, chunk)
+
+        local, product = gv[-1], jac[-1]  # sweep 1: each chunk alone, nothing flowing in
+        for c in reversed(range(chunk - 1)):
+            local = ops.affine(gv[c], ops.transpose(jac[c + 1]), local)
+            product = ops.compose(product, jac[c])
+        last = torch.zeros_like(local[:, -1:]) if inflow is None else inflow
+        if n_chunks > 1:  # u_{j-1} = b_j + P_j^T u_j over the chunks, u_{n-1} = last
+            b = ops.apply(ops.transpose(jac[0][:, 1:]), local[:, 1:])
+            into_last = ops.apply(ops.transpose(product[:, -1:]), last).squeeze(1)
+            last = torch.cat([scan_adjoint(product[:, :-1], b, into_last, ops=ops), last], dim=1)
+
+        hv = _chunk_views(h, n_chunks, chunk)  # sweep 2: the true adjoint and each step's product
         xv = [_chunk_views(x, n_chunks, chunk) for x in self.xs]
         gxv = [None if gx is None else _chunk_views(gx, n_chunks, chunk) for gx in self.grad_xs]
         first_prev = torch.cat([self.h0.unsqueeze(1), hv[-1][:, :-1]], dim=1)  # the state before each chunk
-        for c in range(chunk):
+        lam = gv[-1] + last
+        for c in reversed(range(chunk)):
+            if c < chunk - 1:
+                lam = ops.affine(gv[c], ops.transpose(jac[c + 1]), lam)
             x_t = [views[c] for views in xv]
-            self._vjp(hv[c - 1] if c else first_prev, x_t, lv[c], [None if v is None else v[c] for v in gxv])
-        for t in range(main, h.shape[1]):  # the ragged tail, step by step
-            step = slice(t, t + 1)
-            x_t = [x[:, step] for x in self.xs]
-            self._vjp(h[:, t - 1 : t], x_t, lam[:, step], [None if gx is None else gx[:, step] for gx in self.grad_xs])
+            self._vjp(hv[c - 1] if c else first_prev, x_t, lam, [None if v is None else v[c] for v in gxv])
+        grad_h0 = ops.apply(ops.transpose(jac[0][:, :1]), lam[:, :1]).squeeze(1)
         return [*self.grad_xs, *self.grad_params], grad_h0
 
 
@@ -386,19 +435,19 @@ class _NewtonRecurrence(torch.autograd.Function):
     def forward(ctx, cell: Cell, settings: _Solve, h0: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         h, jac, settings.info = _newton(cell, inputs[: settings.n_xs], inputs[settings.n_xs :], h0, settings)
-        ctx.cell, ctx.n_xs, ctx.chunk = cell, settings.n_xs, settings.info.chunk_size
-        ctx.save_for_backward(h, jac, h0, *inputs)
+        ctx.cell, ctx.n_xs = cell, settings.n_xs
+        ctx.save_for_backward(h, jac.main, jac.tail, h0, *inputs)
         return h, h[:, -1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h: Tensor | None, grad_last: Tensor | None):
-        h, jac, h0, *inputs = ctx.saved_tensors
+        h, jac_main, jac_tail, h0, *inputs = ctx.saved_tensors
         if grad_h is None and grad_last is None:
             return None, None, None, *([None] * len(inputs))
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h
-        adjoint = _Adjoint(ctx.cell, ctx.n_xs, h, jac, h0, inputs, ctx.needs_input_grad[3:])
-        grads, grad_h0 = adjoint.run(grad_h, grad_last, ctx.chunk)
+        adjoint = _Adjoint(ctx.cell, ctx.n_xs, h, _Jacobians(jac_main, jac_tail), h0, inputs, ctx.needs_input_grad[3:])
+        grads, grad_h0 = adjoint.run(grad_h, grad_last)
         return None, None, grad_h0 if ctx.needs_input_grad[2] else None, *grads
 
 
