@@ -29,13 +29,22 @@ __all__ = ["BLOCKS", "block_linear_scan", "block_linear_scan_reference", "block_
 
 
 def block_matvec(A: Tensor, h: Tensor) -> Tensor:
-    """``A h`` per channel: ``A`` ``(batch, time, k, k, *channels)``, ``h`` ``(batch, time, k, *channels)``."""
-    return (A * h.unsqueeze(2)).sum(3)
+    """``A h`` per channel: ``A`` ``(batch, time, k, k, *channels)``, ``h`` ``(batch, time, k, *channels)``.
+
+    Summed column by column, ``Σ_j A[..., :, j] h_j`` (k is small): a product over all ``(i, j)`` then a sum over
+    the middle dim j is about 1.6x slower on CPU (for ``block_matmul``: 2-4x, (8, 16, 2, 2, 256) blocks)."""
+    out = A[:, :, :, 0] * h[:, :, :1]
+    for j in range(1, A.shape[3]):
+        out.addcmul_(A[:, :, :, j], h[:, :, j : j + 1])
+    return out
 
 
 def block_matmul(A2: Tensor, A1: Tensor) -> Tensor:
-    """``A2 A1`` per channel, both ``(batch, time, k, k, *channels)``."""
-    return (A2.unsqueeze(4) * A1.unsqueeze(2)).sum(3)
+    """``A2 A1`` per channel, both ``(batch, time, k, k, *channels)``: ``Σ_j A2[..., :, j] ⊗ A1[..., j, :]``."""
+    out = A2[:, :, :, :1] * A1[:, :, :1]
+    for j in range(1, A2.shape[3]):
+        out.addcmul_(A2[:, :, :, j : j + 1], A1[:, :, j : j + 1])
+    return out
 
 
 def _check_inputs(A: Tensor, b: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
