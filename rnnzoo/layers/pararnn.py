@@ -101,10 +101,10 @@ def _para_lstm_gates(state: Tensor, pre: Tensor, A: Tensor, C: Tensor) -> tuple[
     a_f, a_o, a_c = A.unbind(0)
     w_f, w_o = C.unbind(0)
     p_f, p_o, p_c = pre.unbind(-2)
-    f = torch.sigmoid(p_f + a_f * h_prev + w_f * c_prev)
+    f = torch.sigmoid(torch.addcmul(torch.addcmul(p_f, a_f, h_prev), w_f, c_prev))
     cand = _tanh(torch.addcmul(p_c, a_c, h_prev))
     c = torch.addcmul(cand, f, c_prev - cand)
-    o = torch.sigmoid(p_o + a_o * h_prev + w_o * c)
+    o = torch.sigmoid(torch.addcmul(torch.addcmul(p_o, a_o, h_prev), w_o, c))
     return c_prev, h_prev, f, cand, c, o, _tanh(c)
 
 
@@ -132,7 +132,7 @@ def para_lstm_cell(
     dh_dc = d_o * w_o * tanh_c + o * (1 - tanh_c * tanh_c)  # through o's peephole and tanh(c)
     j_hc = dh_dc * j_cc
     j_hh = d_o * a_o * tanh_c + dh_dc * j_ch
-    jac = torch.stack([torch.stack([j_cc, j_ch], dim=-2), torch.stack([j_hc, j_hh], dim=-2)], dim=-3)
+    jac = torch.stack([j_cc, j_ch, j_hc, j_hh], dim=-2).unflatten(-2, (2, 2))
     return new, jac
 
 
@@ -146,11 +146,14 @@ def para_lstm_vjp(state: Tensor, pre: Tensor, A: Tensor, C: Tensor, lam: Tensor)
     """
     c_prev, h_prev, f, cand, c, o, tanh_c = _para_lstm_gates(state, pre, A, C)
     lam_c, lam_h = lam.unbind(-2)
-    g_o = lam_h * tanh_c * (o * (1 - o))
-    delta_c = lam_c + lam_h * o * (1 - tanh_c * tanh_c) + g_o * C[1]
-    g_f = delta_c * (c_prev - cand) * (f * (1 - f))
-    g_c = delta_c * (1 - f) * (1 - cand * cand)
-    grad_pre = torch.stack([g_f, g_o, g_c], dim=-2)
+    grad_pre = h_prev.new_empty(*h_prev.shape[:-1], 3, h_prev.shape[-1])
+    g_f, g_o, g_c = grad_pre.unbind(-2)
+    torch.mul(lam_h * tanh_c, torch.addcmul(o, o, o, value=-1), out=g_o)
+    lam_o = lam_h * o
+    delta_c = torch.addcmul(torch.addcmul(lam_c + lam_o, lam_o, tanh_c * tanh_c, value=-1), g_o, C[1])
+    torch.mul(delta_c * (c_prev - cand), torch.addcmul(f, f, f, value=-1), out=g_f)
+    keep = delta_c - delta_c * f  # δc (1 - f)
+    torch.addcmul(keep, keep * cand, cand, value=-1, out=g_c)
     dims = tuple(range(h_prev.dim() - 1))
     grad_A = (grad_pre * h_prev.unsqueeze(-2)).sum(dims)
     grad_C = torch.stack([(g_f * c_prev).sum(dims), (g_o * c).sum(dims)])
