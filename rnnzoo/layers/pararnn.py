@@ -125,13 +125,15 @@ def para_lstm_cell(
     a_f, a_o, a_c = A.unbind(0)
     w_f, w_o = C.unbind(0)
     gap = c_prev - cand
-    d_f = f * (1 - f)
-    d_o = o * (1 - o)
+    d_f = torch.addcmul(f, f, f, value=-1)  # f (1 - f)
+    d_o = torch.addcmul(o, o, o, value=-1)
     j_cc = torch.addcmul(f, d_f * w_f, gap)
-    j_ch = d_f * a_f * gap + (1 - f) * (1 - cand * cand) * a_c
-    dh_dc = d_o * w_o * tanh_c + o * (1 - tanh_c * tanh_c)  # through o's peephole and tanh(c)
+    d_cand = torch.addcmul(a_c, a_c * cand, cand, value=-1)  # ∂c~/∂h' = a_c (1 - c~²)
+    j_ch = torch.addcmul((1 - f) * d_cand, d_f * a_f, gap)
+    # through o's peephole and tanh(c): o (1 - tanh² c) + o (1 - o) w_o tanh c
+    dh_dc = torch.addcmul(torch.addcmul(o, o * tanh_c, tanh_c, value=-1), d_o * w_o, tanh_c)
     j_hc = dh_dc * j_cc
-    j_hh = d_o * a_o * tanh_c + dh_dc * j_ch
+    j_hh = torch.addcmul(d_o * a_o * tanh_c, dh_dc, j_ch)
     jac = torch.stack([j_cc, j_ch, j_hc, j_hh], dim=-2).unflatten(-2, (2, 2))
     return new, jac
 
