@@ -78,7 +78,8 @@ def para_gru_vjp(h: Tensor, pre: Tensor, A: Tensor, lam: Tensor) -> tuple[Tensor
         ∂/∂A = Σ (g_z h, g_r h, g_n r h)
 
     One evaluation of the gates and a dozen element-wise operations (writing into one ``(..., 3, d)`` result),
-    where autograd records about 25.
+    where autograd records about 25. Not differentiable itself (``out=`` writes): the engine calls it inside
+    its backward, under no grad.
     """
     z, r, rh, n = _para_gru_gates(h, pre, A)
     lz = lam * z
@@ -145,6 +146,8 @@ def para_lstm_vjp(state: Tensor, pre: Tensor, A: Tensor, C: Tensor, lam: Tensor)
         g_o = λ_h tanh(c) o (1 - o),   δc = λ_c + λ_h o (1 - tanh² c) + g_o w_o
         g_f = δc (c' - c~) f (1 - f),   g_c = δc (1 - f)(1 - c~²)
         ∂/∂A = Σ (g_f h', g_o h', g_c h'),   ∂/∂C = Σ (g_f c', g_o c)
+
+    Like :func:`para_gru_vjp`, not differentiable itself (``out=`` writes).
     """
     c_prev, h_prev, f, cand, c, o, tanh_c = _para_lstm_gates(state, pre, A, C)
     lam_c, lam_h = lam.unbind(-2)
