@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -396,6 +396,16 @@ class _Adjoint:
             inflow = ops.apply(ops.transpose(tail[:, t - main : t - main + 1]), lam)
         return inflow
 
+    def _down_chunks(self, gv: Sequence[Tensor], inflow: Tensor | None) -> Iterator[tuple[int, Tensor]]:
+        """``(c, λ_c)`` for c = C-1..0 on every chunk at once (``gv``: ``g``'s chunk views): ``λ_{C-1} = g_{C-1} +
+        inflow`` (none: 0), ``λ_c = g_c + J_{c+1}^T λ_{c+1}``."""
+        jac, ops = self.jac.main, self.ops
+        lam = gv[-1] if inflow is None else gv[-1] + inflow
+        for c in reversed(range(len(gv))):
+            if c < len(gv) - 1:
+                lam = ops.affine(gv[c], ops.transpose(jac[c + 1]), lam)
+            yield c, lam
+
     def run(self, g: Tensor, g_last: Tensor | None) -> tuple[list[Tensor | None], Tensor]:
         """Gradients of the inputs and params, and ``∂L/∂h0 = J_0^T λ_0``."""
         h, jac, ops = self.h, self.jac.main, self.ops
@@ -403,10 +413,8 @@ class _Adjoint:
         inflow = self._tail(g, g_last)
         gv = _chunk_views(g, n_chunks, chunk)
 
-        local, product = gv[-1], jac[-1]  # sweep 1: each chunk alone, nothing flowing in
-        for c in reversed(range(chunk - 1)):
-            local = ops.affine(gv[c], ops.transpose(jac[c + 1]), local)
-            product = ops.compose(product, jac[c])
+        for c, local in self._down_chunks(gv, None):  # sweep 1: each chunk alone, nothing flowing in
+            product = jac[c] if c == chunk - 1 else ops.compose(product, jac[c])  # P = J_{C-1} ... J_0
         last = torch.zeros_like(local[:, -1:]) if inflow is None else inflow
         if n_chunks > 1:  # u_{j-1} = b_j + P_j^T u_j over the chunks, u_{n-1} = last
             b = ops.apply(ops.transpose(jac[0][:, 1:]), local[:, 1:])
@@ -417,10 +425,7 @@ class _Adjoint:
         xv = [_chunk_views(x, n_chunks, chunk) for x in self.xs]
         gxv = [None if gx is None else _chunk_views(gx, n_chunks, chunk) for gx in self.grad_xs]
         first_prev = torch.cat([self.h0.unsqueeze(1), hv[-1][:, :-1]], dim=1)  # the state before each chunk
-        lam = gv[-1] + last
-        for c in reversed(range(chunk)):
-            if c < chunk - 1:
-                lam = ops.affine(gv[c], ops.transpose(jac[c + 1]), lam)
+        for c, lam in self._down_chunks(gv, last):
             x_t = [views[c] for views in xv]
             self._vjp(hv[c - 1] if c else first_prev, x_t, lam, [None if v is None else v[c] for v in gxv])
         grad_h0 = ops.apply(ops.transpose(jac[0][:, :1]), lam[:, :1]).squeeze(1)
