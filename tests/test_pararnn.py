@@ -24,59 +24,78 @@ def make(name: str, d_model: int = 8, dtype=torch.float64, **kw):
     return rnnzoo.create(name, d_model=d_model, **kw).to(dtype)
 
 
-def random_cell_inputs(d: int = 5, lead=(3, 4), seed: int = 0):
+CHANNELS = [(5,), (2, 3)]  # (d,) and (heads, k), the layers' layout
+
+
+def random_cell_inputs(channels=(5,), lead=(3, 4), seed: int = 0):
+    """``pre`` ``(*lead, [heads,] 3, k)``, ``A`` ``([heads,] 3, k)``, ``C`` ``([heads,] 2, k)``."""
     gen = torch.Generator().manual_seed(seed)
-    pre = torch.randn(*lead, 3, d, generator=gen, dtype=torch.float64)
-    A = torch.randn(3, d, generator=gen, dtype=torch.float64)
-    C = torch.randn(2, d, generator=gen, dtype=torch.float64)
+    *heads, k = channels
+    pre = torch.randn(*lead, *heads, 3, k, generator=gen, dtype=torch.float64)
+    A = torch.randn(*heads, 3, k, generator=gen, dtype=torch.float64)
+    C = torch.randn(*heads, 2, k, generator=gen, dtype=torch.float64)
     return gen, pre, A, C
 
 
 # -- the cells ----------------------------------------------------------------------------------------------------
 
 
-def test_gru_cell_equations():
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_gru_cell_equations(channels):
     """One step against the documented equations, written out directly (z weighs the candidate)."""
-    gen, pre, A, _ = random_cell_inputs()
-    h = torch.randn(3, 4, 5, generator=gen, dtype=torch.float64)
-    z = torch.sigmoid(pre[..., 0, :] + A[0] * h)
-    r = torch.sigmoid(pre[..., 1, :] + A[1] * h)
-    n = torch.tanh(pre[..., 2, :] + A[2] * (r * h))
+    gen, pre, A, _ = random_cell_inputs(channels)
+    h = torch.randn(3, 4, *channels, generator=gen, dtype=torch.float64)
+    gate = lambda i: pre.select(-2, i)  # noqa: E731
+    a_z, a_r, a_n = A.unbind(-2)
+    z = torch.sigmoid(gate(0) + a_z * h)
+    r = torch.sigmoid(gate(1) + a_r * h)
+    n = torch.tanh(gate(2) + a_n * (r * h))
     torch.testing.assert_close(para_gru_cell(h, pre, A)[0], z * n + (1 - z) * h)
 
 
-def test_lstm_cell_equations():
-    gen, pre, A, C = random_cell_inputs()
-    c_prev, h_prev = torch.randn(2, 3, 4, 5, generator=gen, dtype=torch.float64)
-    f = torch.sigmoid(pre[..., 0, :] + A[0] * h_prev + C[0] * c_prev)
-    cand = torch.tanh(pre[..., 2, :] + A[2] * h_prev)
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_lstm_cell_equations(channels):
+    gen, pre, A, C = random_cell_inputs(channels)
+    c_prev, h_prev = torch.randn(2, 3, 4, *channels, generator=gen, dtype=torch.float64)
+    gate = lambda i: pre.select(-2, i)  # noqa: E731
+    a_f, a_o, a_c = A.unbind(-2)
+    w_f, w_o = C.unbind(-2)
+    f = torch.sigmoid(gate(0) + a_f * h_prev + w_f * c_prev)
+    cand = torch.tanh(gate(2) + a_c * h_prev)
     c = f * c_prev + (1 - f) * cand
-    o = torch.sigmoid(pre[..., 1, :] + A[1] * h_prev + C[1] * c)
-    new, _ = para_lstm_cell(torch.stack([c_prev, h_prev], -2), pre, A, C)
-    torch.testing.assert_close(new, torch.stack([c, o * torch.tanh(c)], -2))
+    o = torch.sigmoid(gate(1) + a_o * h_prev + w_o * c)
+    components = -1 - len(channels)
+    new, _ = para_lstm_cell(torch.stack([c_prev, h_prev], components), pre, A, C)
+    torch.testing.assert_close(new, torch.stack([c, o * torch.tanh(c)], components))
 
 
-def test_gru_cell_jacobian_is_autograds_diagonal():
-    gen, pre, A, _ = random_cell_inputs(lead=(2,))
-    h = torch.randn(2, 5, generator=gen, dtype=torch.float64)
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_gru_cell_jacobian_is_autograds_diagonal(channels):
+    gen, pre, A, _ = random_cell_inputs(channels, lead=(2,))
+    h = torch.randn(2, *channels, generator=gen, dtype=torch.float64)
     _, jac = para_gru_cell(h, pre, A, jacobian=True)
-    full = torch.autograd.functional.jacobian(lambda v: para_gru_cell(v, pre, A)[0], h)  # (2, 5, 2, 5)
+    flat = lambda v: para_gru_cell(v.unflatten(-1, channels), pre, A)[0].flatten(1)  # noqa: E731
+    full = torch.autograd.functional.jacobian(flat, h.flatten(1))  # (2, 5, 2, 5)
     want = torch.stack([torch.diagonal(full[b, :, b, :]) for b in range(2)])
-    torch.testing.assert_close(jac, want)
+    torch.testing.assert_close(jac.flatten(1), want)
     off = full.clone()
     for b in range(2):
         off[b, :, b, :] -= torch.diag(want[b])
     assert off.abs().max() < 1e-15, "the Jacobian must be diagonal"
 
 
-@pytest.mark.parametrize("shape", [(2, 5), (4, 17, 256)])  # the second takes the sigmoid form of tanh
-def test_gru_vjp_is_autograds(shape):
+# (lead, channels); the second and third take the sigmoid form of tanh
+VJP_SHAPES = [((2,), (5,)), ((4, 17), (256,)), ((4, 17), (2, 128))]
+
+
+@pytest.mark.parametrize("lead, channels", VJP_SHAPES)
+def test_gru_vjp_is_autograds(lead, channels):
     gen = torch.Generator().manual_seed(1)
-    *lead, d = shape
-    h = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
-    pre = torch.randn(*lead, 3, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    A = torch.randn(3, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    lam = torch.randn(shape, generator=gen, dtype=torch.float64)
+    *heads, k = channels
+    h = torch.rand(*lead, *channels, generator=gen, dtype=torch.float64) * 2 - 1
+    pre = torch.randn(*lead, *heads, 3, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(*heads, 3, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    lam = torch.randn_like(h)
     out, _ = para_gru_cell(h, pre, A)
     want = torch.autograd.grad(out, (pre, A), lam)
     got = para_gru_cell.vjp(h, pre.detach(), A.detach(), lam)
@@ -84,15 +103,15 @@ def test_gru_vjp_is_autograds(shape):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(2, 5), (4, 17, 256)])
-def test_lstm_vjp_is_autograds(shape):
+@pytest.mark.parametrize("lead, channels", VJP_SHAPES)
+def test_lstm_vjp_is_autograds(lead, channels):
     gen = torch.Generator().manual_seed(2)
-    *lead, d = shape
-    state = torch.rand(*lead, 2, d, generator=gen, dtype=torch.float64) * 2 - 1
-    pre = torch.randn(*lead, 3, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    A = torch.randn(3, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    C = torch.randn(2, d, generator=gen, dtype=torch.float64, requires_grad=True)
-    lam = torch.randn(*lead, 2, d, generator=gen, dtype=torch.float64)
+    *heads, k = channels
+    state = torch.rand(*lead, 2, *channels, generator=gen, dtype=torch.float64) * 2 - 1
+    pre = torch.randn(*lead, *heads, 3, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    A = torch.randn(*heads, 3, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(*heads, 2, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    lam = torch.randn_like(state)
     out, _ = para_lstm_cell(state, pre, A, C)
     want = torch.autograd.grad(out, (pre, A, C), lam)
     got = para_lstm_cell.vjp(state, pre.detach(), A.detach(), C.detach(), lam)
@@ -106,13 +125,16 @@ def test_tanh_by_sigmoid_on_large_tensors():
     torch.testing.assert_close(_tanh(v.float()), torch.tanh(v.float()), rtol=0, atol=2e-7)
 
 
-def test_lstm_cell_jacobian_is_autograds_2x2_blocks():
-    gen, pre, A, C = random_cell_inputs(lead=(1,))
-    state = torch.randn(1, 2, 5, generator=gen, dtype=torch.float64)
-    _, jac = para_lstm_cell(state, pre, A, C, jacobian=True)  # (1, 2, 2, 5)
-    full = torch.autograd.functional.jacobian(lambda v: para_lstm_cell(v, pre, A, C)[0], state)[0, :, :, 0]
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_lstm_cell_jacobian_is_autograds_2x2_blocks(channels):
+    gen, pre, A, C = random_cell_inputs(channels, lead=(1,))
+    state = torch.randn(1, 2, *channels, generator=gen, dtype=torch.float64)
+    _, jac = para_lstm_cell(state, pre, A, C, jacobian=True)  # (1, 2, 2, *channels)
+    jac = jac.flatten(3)
+    flat = lambda v: para_lstm_cell(v.unflatten(-1, channels), pre, A, C)[0].flatten(2)  # noqa: E731
+    full = torch.autograd.functional.jacobian(flat, state.flatten(2))[0, :, :, 0]
     # full[i, c, j, c'] = ∂new[i, c] / ∂state[j, c']: zero unless c == c', and then jac[i, j, c]
-    for c in range(5):
+    for c in range(jac.shape[-1]):
         torch.testing.assert_close(full[:, c, :, c], jac[0, :, :, c])
         full[:, c, :, c] = 0
     assert full.abs().max() < 1e-15, "channels must not couple"
@@ -189,8 +211,9 @@ def test_input_weights_are_block_diagonal_over_heads(num_heads):
         block = slice(i * head, (i + 1) * head)
         dense[:, block, block] = layer.in_weight[i].permute(1, 2, 0).detach()
     x = torch.randn(2, 5, d, dtype=torch.float64)
-    expected = torch.einsum("goi,bti->btgo", dense, x) + layer.in_bias.detach()
-    torch.testing.assert_close(layer._preactivations(x), expected)
+    expected = torch.einsum("goi,bti->btgo", dense, x) + layer.in_bias.detach()  # (batch, time, gate, d)
+    heads_first = expected.unflatten(-1, (num_heads, head)).transpose(-3, -2)
+    torch.testing.assert_close(layer._preactivations(x), heads_first)
 
 
 @pytest.mark.parametrize("num_heads, lead", [(1, (2, 5)), (2, (7,)), (4, (2, 3, 1))])
@@ -202,7 +225,8 @@ def test_head_projection_gradients(num_heads, lead):
     weight = torch.randn(num_heads, head, 3, head, generator=gen, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, d, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_HeadProjection.apply, (x, weight, bias))
-    einsum = torch.einsum("...hi,higj->...ghj", x.unflatten(-1, (num_heads, head)), weight).flatten(-2) + bias
+    head_bias = bias.unflatten(-1, (num_heads, head)).transpose(0, 1)
+    einsum = torch.einsum("...hi,higj->...hgj", x.unflatten(-1, (num_heads, head)), weight) + head_bias
     torch.testing.assert_close(_HeadProjection.apply(x, weight, bias), einsum)
     only_x = _HeadProjection.apply(x, weight.detach(), bias.detach())  # weights frozen: only x's gradient
     (grad_x,) = torch.autograd.grad(only_x.sum(), x)

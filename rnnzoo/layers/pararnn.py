@@ -45,16 +45,18 @@ def _tanh(v: Tensor) -> Tensor:
 
 def _para_gru_gates(h: Tensor, pre: Tensor, A: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The gates of :func:`para_gru_cell`: ``(z, r, r h, n)`` (z and r by one sigmoid over both)."""
-    z, r = torch.sigmoid_(torch.addcmul(pre[..., :2, :], A[:2], h.unsqueeze(-2))).unbind(-2)
+    z, r = torch.sigmoid_(torch.addcmul(pre[..., :2, :], A[..., :2, :], h.unsqueeze(-2))).unbind(-2)
     rh = r * h
-    n = _tanh(torch.addcmul(pre[..., 2, :], A[2], rh))
+    n = _tanh(torch.addcmul(pre[..., 2, :], A[..., 2, :], rh))
     return z, r, rh, n
 
 
 def para_gru_cell(h: Tensor, pre: Tensor, A: Tensor, *, jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
-    """One ParaGRU step, element-wise over leading dims: ``h`` ``(..., d)``, ``pre`` ``(..., 3, d)`` the input
-    pre-activations ``B x + b`` of (z, r, n), ``A`` ``(3, d)`` the diagonal recurrent weights.
+    """One ParaGRU step, element-wise over leading dims: ``h`` ``(..., *channels)``, ``pre`` ``(..., gate,
+    channel)`` the input pre-activations ``B x + b`` of (z, r, n), ``A`` the diagonal recurrent weights.
 
+    Channels are ``(d,)``, with ``pre`` ``(..., 3, d)`` and ``A`` ``(3, d)``, or split into heads ``(heads, k)``
+    (the layers' layout), with ``pre`` ``(..., heads, 3, k)`` and ``A`` ``(heads, 3, k)``.
     ``J = ∂h_t/∂h_{t-1} = (1 - z) + z(1 - z) a_z (n - h) + z (1 - n²) a_n (r + h r(1 - r) a_r)`` (diagonal).
     Its vector-Jacobian product for the engine's backward is :func:`para_gru_vjp` (``para_gru_cell.vjp``).
     """
@@ -63,21 +65,22 @@ def para_gru_cell(h: Tensor, pre: Tensor, A: Tensor, *, jacobian: bool = False) 
     h_new = torch.addcmul(h, z, n_minus_h)
     if not jacobian:
         return h_new, None
+    a_z, a_r, a_n = A.unbind(-2)
     keep = 1 - z
-    d_reset = torch.addcmul(r, torch.addcmul(rh, r, rh, value=-1), A[1])  # ∂(r h)/∂h = r + a_r h r (1 - r)
-    d_cand = torch.addcmul(A[2], A[2] * n, n, value=-1).mul_(d_reset)  # ∂n/∂h = a_n (1 - n²) ∂(r h)/∂h
-    jac = torch.addcmul(keep, z, torch.addcmul(d_cand, keep * A[0], n_minus_h))
+    d_reset = torch.addcmul(r, torch.addcmul(rh, r, rh, value=-1), a_r)  # ∂(r h)/∂h = r + a_r h r (1 - r)
+    d_cand = torch.addcmul(a_n, a_n * n, n, value=-1).mul_(d_reset)  # ∂n/∂h = a_n (1 - n²) ∂(r h)/∂h
+    jac = torch.addcmul(keep, z, torch.addcmul(d_cand, keep * a_z, n_minus_h))
     return h_new, jac
 
 
 def para_gru_vjp(h: Tensor, pre: Tensor, A: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
-    """``λ · para_gru_cell(h, pre, A)`` differentiated by hand: ``(∂/∂pre (..., 3, d), ∂/∂A (3, d))``, ``∂/∂A``
-    summed over the leading dims::
+    """``λ · para_gru_cell(h, pre, A)`` differentiated by hand: ``(∂/∂pre, ∂/∂A)`` of ``pre``'s and ``A``'s
+    shapes, ``∂/∂A`` summed over the leading dims::
 
         g_n = λ z (1 - n²),   g_z = λ z (1 - z)(n - h),   g_r = g_n a_n h r (1 - r)
         ∂/∂A = Σ (g_z h, g_r h, g_n r h)
 
-    One evaluation of the gates and a dozen element-wise operations (writing into one ``(..., 3, d)`` result),
+    One evaluation of the gates and a dozen element-wise operations (writing into one result of ``pre``'s shape),
     where autograd records about 25. Not differentiable itself (``out=`` writes): the engine calls it inside
     its backward, under no grad.
     """
@@ -87,20 +90,26 @@ def para_gru_vjp(h: Tensor, pre: Tensor, A: Tensor, lam: Tensor) -> tuple[Tensor
     g_z, g_r, g_n = grad_pre.unbind(-2)
     torch.addcmul(lz, lz * n, n, value=-1, out=g_n)
     torch.mul(torch.addcmul(lz, lz, z, value=-1), n - h, out=g_z)
-    torch.mul(g_n * A[2], torch.addcmul(rh, r, rh, value=-1), out=g_r)
-    lead = tuple(range(h.dim() - 1))
-    grad_A = torch.cat([(grad_pre[..., :2, :] * h.unsqueeze(-2)).sum(lead), (g_n * rh).sum(lead).unsqueeze(0)])
+    torch.mul(g_n * A[..., 2, :], torch.addcmul(rh, r, rh, value=-1), out=g_r)
+    lead = tuple(range(h.dim() - A.dim() + 1))
+    grad_A = torch.cat([(grad_pre[..., :2, :] * h.unsqueeze(-2)).sum(lead), (g_n * rh).sum(lead).unsqueeze(-2)], -2)
     return grad_pre, grad_A
 
 
 para_gru_cell.vjp = para_gru_vjp  # type: ignore[attr-defined]  # the engine's backward uses it in place of autograd
 
 
+def _component_dim(A: Tensor) -> int:
+    """The dim of (c, h) in a ParaLSTM state ``(..., 2, *channels)``, channels being ``A``'s ``(d,)`` or
+    ``(heads, k)``."""
+    return -A.dim()
+
+
 def _para_lstm_gates(state: Tensor, pre: Tensor, A: Tensor, C: Tensor) -> tuple[Tensor, ...]:
     """The gates of :func:`para_lstm_cell`: ``(c', h', f, c~, c, o, tanh c)`` (primes: step t-1)."""
-    c_prev, h_prev = state.unbind(-2)
-    a_f, a_o, a_c = A.unbind(0)
-    w_f, w_o = C.unbind(0)
+    c_prev, h_prev = state.unbind(_component_dim(A))
+    a_f, a_o, a_c = A.unbind(-2)
+    w_f, w_o = C.unbind(-2)
     p_f, p_o, p_c = pre.unbind(-2)
     f = torch.sigmoid(torch.addcmul(torch.addcmul(p_f, a_f, h_prev), w_f, c_prev))
     cand = _tanh(torch.addcmul(p_c, a_c, h_prev))
@@ -112,19 +121,23 @@ def _para_lstm_gates(state: Tensor, pre: Tensor, A: Tensor, C: Tensor) -> tuple[
 def para_lstm_cell(
     state: Tensor, pre: Tensor, A: Tensor, C: Tensor, *, jacobian: bool = False
 ) -> tuple[Tensor, Tensor | None]:
-    """One ParaLSTM step, element-wise over leading dims: ``state`` ``(..., 2, d)`` holds (c, h), ``pre``
-    ``(..., 3, d)`` the input pre-activations of (f, o, c~), ``A`` ``(3, d)`` the diagonal weights on ``h_{t-1}``,
-    ``C`` ``(2, d)`` the peepholes of f (on ``c_{t-1}``) and o (on ``c_t``).
+    """One ParaLSTM step, element-wise over leading dims: ``state`` ``(..., 2, *channels)`` holds (c, h), ``pre``
+    ``(..., gate, channel)`` the input pre-activations of (f, o, c~), ``A`` the diagonal weights of (f, o, c~) on
+    ``h_{t-1}``, ``C`` the peepholes of f (on ``c_{t-1}``) and o (on ``c_t``).
 
-    ``J`` ``(..., 2, 2, d)`` is ``[[∂c/∂c', ∂c/∂h'], [∂h/∂c', ∂h/∂h']]`` per channel (primes: step t-1). Its
-    vector-Jacobian product for the engine's backward is :func:`para_lstm_vjp` (``para_lstm_cell.vjp``).
+    Channels are ``(d,)``, with ``pre`` ``(..., 3, d)``, ``A`` ``(3, d)`` and ``C`` ``(2, d)``, or split into
+    heads ``(heads, k)`` (the layers' layout), with ``pre`` ``(..., heads, 3, k)``, ``A`` ``(heads, 3, k)`` and
+    ``C`` ``(heads, 2, k)``. ``J`` ``(..., 2, 2, *channels)`` is ``[[∂c/∂c', ∂c/∂h'], [∂h/∂c', ∂h/∂h']]`` per
+    channel (primes: step t-1). Its vector-Jacobian product for the engine's backward is :func:`para_lstm_vjp`
+    (``para_lstm_cell.vjp``).
     """
     c_prev, h_prev, f, cand, c, o, tanh_c = _para_lstm_gates(state, pre, A, C)
-    new = torch.stack([c, o * tanh_c], dim=-2)
+    components = _component_dim(A)
+    new = torch.stack([c, o * tanh_c], dim=components)
     if not jacobian:
         return new, None
-    a_f, a_o, a_c = A.unbind(0)
-    w_f, w_o = C.unbind(0)
+    a_f, a_o, a_c = A.unbind(-2)
+    w_f, w_o = C.unbind(-2)
     gap = c_prev - cand
     d_f = torch.addcmul(f, f, f, value=-1)  # f (1 - f)
     d_o = torch.addcmul(o, o, o, value=-1)
@@ -135,13 +148,13 @@ def para_lstm_cell(
     dh_dc = torch.addcmul(torch.addcmul(o, o * tanh_c, tanh_c, value=-1), d_o * w_o, tanh_c)
     j_hc = dh_dc * j_cc
     j_hh = torch.addcmul(d_o * a_o * tanh_c, dh_dc, j_ch)
-    jac = torch.stack([j_cc, j_ch, j_hc, j_hh], dim=-2).unflatten(-2, (2, 2))
+    jac = torch.stack([j_cc, j_ch, j_hc, j_hh], dim=components).unflatten(components, (2, 2))
     return new, jac
 
 
 def para_lstm_vjp(state: Tensor, pre: Tensor, A: Tensor, C: Tensor, lam: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``λ · para_lstm_cell(state, pre, A, C)`` differentiated by hand, ``λ = (λ_c, λ_h)`` ``(..., 2, d)``:
-    ``(∂/∂pre (..., 3, d), ∂/∂A (3, d), ∂/∂C (2, d))``, the weights' summed over the leading dims::
+    """``λ · para_lstm_cell(state, pre, A, C)`` differentiated by hand, ``λ = (λ_c, λ_h)`` of the state's shape:
+    ``(∂/∂pre, ∂/∂A, ∂/∂C)`` of their shapes, the weights' summed over the leading dims::
 
         g_o = λ_h tanh(c) o (1 - o),   δc = λ_c + λ_h o (1 - tanh² c) + g_o w_o
         g_f = δc (c' - c~) f (1 - f),   g_c = δc (1 - f)(1 - c~²)
@@ -150,18 +163,18 @@ def para_lstm_vjp(state: Tensor, pre: Tensor, A: Tensor, C: Tensor, lam: Tensor)
     Like :func:`para_gru_vjp`, not differentiable itself (``out=`` writes).
     """
     c_prev, h_prev, f, cand, c, o, tanh_c = _para_lstm_gates(state, pre, A, C)
-    lam_c, lam_h = lam.unbind(-2)
+    lam_c, lam_h = lam.unbind(_component_dim(A))
     grad_pre = h_prev.new_empty(*h_prev.shape[:-1], 3, h_prev.shape[-1])
     g_f, g_o, g_c = grad_pre.unbind(-2)
     torch.mul(lam_h * tanh_c, torch.addcmul(o, o, o, value=-1), out=g_o)
     lam_o = lam_h * o
-    delta_c = torch.addcmul(torch.addcmul(lam_c + lam_o, lam_o, tanh_c * tanh_c, value=-1), g_o, C[1])
+    delta_c = torch.addcmul(torch.addcmul(lam_c + lam_o, lam_o, tanh_c * tanh_c, value=-1), g_o, C[..., 1, :])
     torch.mul(delta_c * (c_prev - cand), torch.addcmul(f, f, f, value=-1), out=g_f)
     keep = delta_c - delta_c * f  # δc (1 - f)
     torch.addcmul(keep, keep * cand, cand, value=-1, out=g_c)
-    dims = tuple(range(h_prev.dim() - 1))
-    grad_A = (grad_pre * h_prev.unsqueeze(-2)).sum(dims)
-    grad_C = torch.stack([(g_f * c_prev).sum(dims), (g_o * c).sum(dims)])
+    lead = tuple(range(h_prev.dim() - A.dim() + 1))
+    grad_A = (grad_pre * h_prev.unsqueeze(-2)).sum(lead)
+    grad_C = torch.stack([(g_f * c_prev).sum(lead), (g_o * c).sum(lead)], dim=-2)
     return grad_pre, grad_A, grad_C
 
 
@@ -169,27 +182,27 @@ para_lstm_cell.vjp = para_lstm_vjp  # type: ignore[attr-defined]
 
 
 class _HeadProjection(torch.autograd.Function):
-    """The gates' pre-activations by block-diagonal input weights, ``(..., d)`` -> ``(..., gates, d)``::
+    """The gates' pre-activations by block-diagonal input weights, ``(..., d)`` -> ``(..., heads, gates, k)``::
 
-        pre[..., g, h·k + j] = Σ_i x[..., h·k + i] W[h, i, g, j] + b[g, h·k + j]      (k = d / heads)
+        pre[..., h, g, j] = Σ_i x[..., h·k + i] W[h, i, g, j] + b[g, h·k + j]      (k = d / heads)
 
-    One matrix product per (head, gate), each writing its ``(rows, k)`` block of the gate-major output in
-    place, and the same blocks in the backward. An einsum over the heads computes the same in a head-major
-    layout and then copies it to gate-major order, forward and backward: at (8, 4096, 256) with 2 heads that
-    copying made the projection about 1.5x slower (fwd+bwd 330 vs 220 ms, 2 threads).
+    One matrix product per head, ``W[h]`` seen as ``(k, gates·k)``, each writing its ``(rows, gates·k)`` block of
+    the head-major output in place; the backward takes two per head. In a gate-major layout ``(..., gates, d)``
+    each head's gates are separate blocks: one product per (head, gate), with K = k in the backward's, about
+    25% slower at (8, 4096, 256) with 2 heads (2 threads, fwd+bwd medians 203 vs 170 ms).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         heads, k, gates, _ = weight.shape
         rows = x.reshape(-1, heads * k)
-        out = rows.new_empty(rows.shape[0], gates, heads, k)
+        weight = weight.contiguous()
+        out = rows.new_empty(rows.shape[0], heads, gates * k)
+        head_bias = bias.view(gates, heads, k).transpose(0, 1).reshape(heads, gates * k)
         for h in range(heads):
-            block = slice(h * k, (h + 1) * k)
-            for g in range(gates):
-                torch.addmm(bias[g, block], rows[:, block], weight[h, :, g], out=out[:, g, h])
+            torch.addmm(head_bias[h], rows[:, h * k : (h + 1) * k], weight[h].view(k, gates * k), out=out[:, h])
         ctx.save_for_backward(x, weight)
-        return out.view(*x.shape[:-1], gates, heads * k)
+        return out.view(*x.shape[:-1], heads, gates, k)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -197,21 +210,17 @@ class _HeadProjection(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         heads, k, gates, _ = weight.shape
         rows = x.reshape(-1, heads * k)
-        grad = grad.reshape(rows.shape[0], gates, heads, k)
+        grad = grad.reshape(rows.shape[0], heads, gates * k)
         need_x, need_w, need_b = ctx.needs_input_grad
         grad_x = torch.empty_like(rows) if need_x else None
-        grad_w = torch.empty_like(weight) if need_w else None
+        grad_w = weight.new_empty(weight.shape) if need_w else None
         for h in range(heads):
             block = slice(h * k, (h + 1) * k)
-            for g in range(gates):
-                grad_out = grad[:, g, h]
-                if need_x and g == 0:
-                    torch.mm(grad_out, weight[h, :, g].t(), out=grad_x[:, block])
-                elif need_x:
-                    grad_x[:, block].addmm_(grad_out, weight[h, :, g].t())
-                if need_w:
-                    torch.mm(rows[:, block].t(), grad_out, out=grad_w[h, :, g])
-        grad_b = grad.sum(0).flatten(1) if need_b else None
+            if need_x:
+                torch.mm(grad[:, h], weight[h].view(k, gates * k).t(), out=grad_x[:, block])
+            if need_w:
+                torch.mm(rows[:, block].t(), grad[:, h], out=grad_w[h].view(k, gates * k))
+        grad_b = grad.sum(0).view(heads, gates, k).transpose(0, 1).reshape(gates, heads * k) if need_b else None
         return None if grad_x is None else grad_x.view_as(x), grad_w, grad_b
 
 
@@ -277,19 +286,23 @@ class _ParaRNN(SequenceLayer):
         return tuple(getattr(self, name) for name in self.recurrent_rows)
 
     def _preactivations(self, x: Tensor) -> Tensor:
-        """``B x + b`` of every gate, ``(..., n_gates, d_model)`` (:class:`_HeadProjection`)."""
+        """``B x + b`` of every gate, per head: ``(..., num_heads, n_gates, d_model / num_heads)``
+        (:class:`_HeadProjection`)."""
         return _HeadProjection.apply(x, self.in_weight, self.in_bias)
 
     def _recurrence(self, x: Tensor, h0: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-        """All states and the final state of the cell over ``x``, from ``h0``."""
+        """All states ``(batch, time, *state, d_model)`` and the final state of the cell over ``x``, from ``h0``
+        ``(batch, *state, d_model)``. The engine runs on channels split into heads, ``(heads, d_model / heads)``,
+        the layout of the pre-activations (the recurrent weights are viewed the same way)."""
         pre = self._preactivations(x)
+        weights = [w.unflatten(-1, (self.num_heads, -1)).transpose(0, 1) for w in self._recurrent_weights()]
         h, h_last, info = nonlinear_recurrence(
-            self.cell, (pre,), h0, self._recurrent_weights(), mode=mode, tol=self.tol,
+            self.cell, (pre,), h0.unflatten(-1, (self.num_heads, -1)), weights, mode=mode, tol=self.tol,
             max_iters=self.max_iters, chunk_size=self.chunk_size,
         )  # fmt: skip
         if info is not None:
             self.newton_info = info
-        return h, h_last
+        return h.flatten(-2), h_last.flatten(-2)
 
     def extra_repr(self) -> str:
         newton = f"tol={self.tol}, max_iters={self.max_iters}, chunk_size={self.chunk_size}"
