@@ -206,34 +206,41 @@ def _run(
     params: Sequence[Tensor],
     start: Tensor,
     out: Iterable[Tensor],
-    jac_out: Iterable[Tensor],
     ops: Transitions,
-) -> tuple[Tensor, Tensor]:
-    """Run the cell from ``start`` over ``steps`` (per step, the inputs' views), writing each state and Jacobian
-    to ``out`` and ``jac_out``; return the end state and the product of the Jacobians (last step leftmost)."""
-    h, product = start, None
-    for x_t, out_t, jac_t in zip(steps, out, jac_out):
+    jac_out: Iterable[Tensor] | None = None,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Run the cell from ``start`` over ``steps`` (per step, the inputs' views), writing each state to ``out``
+    (and each Jacobian to ``jac_out`` if given); return the end state, the product of the Jacobians (last step
+    leftmost) and the Jacobians as the cell returned them."""
+    h, product, jacs = start, None, []
+    for x_t, out_t in zip(steps, out):
         h, jac = cell(h, *x_t, *params, jacobian=True)
         out_t.copy_(h)
-        jac_t.copy_(jac)
+        jacs.append(jac)
         product = jac if product is None else ops.compose(jac, product)
-    return h, product
+    for jac_t, jac in zip(jac_out or (), jacs):
+        jac_t.copy_(jac)
+    return h, product, jacs
 
 
 @dataclass
 class _Jacobians:
-    """The step Jacobians kept for the backward pass: ``main`` chunk-major, ``(C, batch, chunks, ...)``, so that
-    step c of every chunk (what a chunk sweep writes and the backward reads) is one contiguous block, and the
-    ragged ``tail`` after the last chunk, ``(batch, T - chunks·C, ...)``."""
+    """The step Jacobians kept for the backward pass: ``main``, per step c of the chunks, J of that step in every
+    chunk, ``(batch, chunks, ...)``, and the ragged ``tail`` after the last chunk, ``(batch, T - chunks·C, ...)``.
 
-    main: Tensor
+    ``main`` holds the cell's own results, not a copy in one ``(batch, T, ...)`` buffer: on CPU a buffer of 32 MiB
+    or more is mapped afresh by every call and pays a page fault per 4 KiB touched (at (8, 4096, 256) about 8,000,
+    some 20 ms of system time per forward, 2 threads), while tensors of one chunk step are reused from the heap.
+    """
+
+    main: list[Tensor]
     tail: Tensor
 
     def steps(self, begin: int) -> list[Tensor]:
         """Views ``(batch, 1, ...)`` of steps ``begin..T-1``, in time order."""
-        chunk, n_chunks = self.main.shape[0], self.main.shape[2]
+        chunk, n_chunks = len(self.main), self.main[0].shape[1]
         end = chunk * n_chunks
-        views = [self.main[t % chunk, :, t // chunk].unsqueeze(1) for t in range(begin, end)]
+        views = [self.main[t % chunk][:, t // chunk].unsqueeze(1) for t in range(begin, end)]
         return views + list(self.tail[:, max(begin - end, 0) :].split(1, dim=1))
 
 
@@ -250,7 +257,7 @@ def _loop(
     """The sequential loop over steps ``begin..T-1`` from ``start`` ``(batch, 1, *state)``, writing each state and
     Jacobian into ``h`` and ``jac``."""
     steps = zip(*(x[:, begin:].split(1, dim=1) for x in xs))
-    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), jac.steps(begin), ops)
+    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), ops, jac.steps(begin))
 
 
 def _chunk_views(t: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, ...]:
@@ -296,15 +303,15 @@ def _newton(
     main = n_chunks * chunk
     h = h0.new_empty(batch, length, *h0.shape[1:])
     jac_shape = h0.shape[1:] if ops is DIAGONAL else (h0.shape[1], *h0.shape[1:])
-    jac = _Jacobians(h0.new_empty(chunk, batch, n_chunks, *jac_shape), h0.new_empty(batch, length - main, *jac_shape))
+    tail = h0.new_empty(batch, length - main, *jac_shape)
     steps = list(zip(*(_chunk_views(x, n_chunks, chunk) for x in xs)))
-    h_views, jac_views = _chunk_views(h, n_chunks, chunk), jac.main.unbind(0)
+    h_views = _chunk_views(h, n_chunks, chunk)
     first = h0.unsqueeze(1)
 
     starts = _first_guess(cell, xs, params, h0, n_chunks, chunk)
     converged, update, iterations = False, math.inf, 0
     for iterations in range(1, settings.max_iters + 1):
-        ends, product = _run(cell, steps, params, starts, h_views, jac_views, ops)
+        ends, product, jacs = _run(cell, steps, params, starts, h_views, ops)
         if n_chunks == 1:
             converged, update = True, 0.0
             break
@@ -318,6 +325,7 @@ def _newton(
             converged = True
             break
     if converged:
+        jac = _Jacobians(jacs, tail)
         if main < length:  # the ragged tail, after the last chunk
             _loop(cell, xs, params, ends[:, -1:], h, jac, main, ops)
     else:
@@ -327,6 +335,7 @@ def _newton(
             NewtonConvergenceWarning,
             stacklevel=2,
         )
+        jac = _Jacobians([h0.new_empty(batch, n_chunks, *jac_shape) for _ in range(chunk)], tail)
         _loop(cell, xs, params, first, h, jac, 0, ops)
     return h, jac, NewtonInfo(iterations, converged, update, chunk)
 
@@ -362,7 +371,7 @@ class _Adjoint:
         self.cell, self.h, self.jac, self.h0 = cell, h, jac, h0
         self.xs, self.params = inputs[:n_xs], inputs[n_xs:]
         self.needs = needs
-        self.ops = DIAGONAL if jac.main.dim() == h.dim() + 1 else BLOCKS
+        self.ops = DIAGONAL if jac.main[0].dim() == h.dim() else BLOCKS
         self.grad_xs = [torch.empty_like(x) if need else None for x, need in zip(self.xs, needs)]
         self.grad_params = [torch.zeros_like(p) if need else None for p, need in zip(self.params, needs[n_xs:])]
 
@@ -409,7 +418,7 @@ class _Adjoint:
     def run(self, g: Tensor, g_last: Tensor | None) -> tuple[list[Tensor | None], Tensor]:
         """Gradients of the inputs and params, and ``∂L/∂h0 = J_0^T λ_0``."""
         h, jac, ops = self.h, self.jac.main, self.ops
-        chunk, n_chunks = jac.shape[0], jac.shape[2]
+        chunk, n_chunks = len(jac), jac[0].shape[1]
         inflow = self._tail(g, g_last)
         gv = _chunk_views(g, n_chunks, chunk)
 
@@ -440,14 +449,15 @@ class _NewtonRecurrence(torch.autograd.Function):
     def forward(ctx, cell: Cell, settings: _Solve, h0: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
         h, jac, settings.info = _newton(cell, inputs[: settings.n_xs], inputs[settings.n_xs :], h0, settings)
-        ctx.cell, ctx.n_xs = cell, settings.n_xs
-        ctx.save_for_backward(h, jac.main, jac.tail, h0, *inputs)
+        ctx.cell, ctx.n_xs, ctx.n_inputs = cell, settings.n_xs, len(inputs)
+        ctx.save_for_backward(h, h0, *inputs, jac.tail, *jac.main)
         return h, h[:, -1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h: Tensor | None, grad_last: Tensor | None):
-        h, jac_main, jac_tail, h0, *inputs = ctx.saved_tensors
+        h, h0, *saved = ctx.saved_tensors
+        inputs, (jac_tail, *jac_main) = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
         if grad_h is None and grad_last is None:
             return None, None, None, *([None] * len(inputs))
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h
