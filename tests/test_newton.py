@@ -132,6 +132,34 @@ def test_gradient_of_h0_alone(cell_name, length, chunk):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell_name", ["tanh", "rotation"])
+@pytest.mark.parametrize("length,chunk", [(1, None), (50, 7), (300, 1)])
+def test_scratch_xs_take_their_gradient_and_are_rebuilt_for_a_second_backward(cell_name, length, chunk):
+    """With ``rebuild_xs`` the backward writes the gradient of ``xs`` over them; a second backward
+    (``retain_graph``) gets fresh ones from ``rebuild_xs`` and the same gradients, the loop's."""
+    cell, xs, h0, params = problem(cell_name, 2, length, seed=length)
+    source = xs[0].clone().requires_grad_(True)
+    scratch = source * 2  # an intermediate the caller does not read again
+    rebuilt = []
+
+    def rebuild():
+        rebuilt.append(torch.is_grad_enabled())
+        return [source.detach() * 2]
+
+    h, last, _ = nonlinear_recurrence(cell, [scratch], h0, params, chunk_size=chunk, rebuild_xs=rebuild)
+    loss = (h * h).sum() + last.sum()
+    (first,) = torch.autograd.grad(loss, source, retain_graph=True)
+    assert rebuilt == []
+    (second,) = torch.autograd.grad(loss, source)
+    assert rebuilt == [False], "rebuilt once, under no grad"
+    reference = xs[0].clone().requires_grad_(True)
+    h_ref, last_ref = nonlinear_recurrence_reference(cell, [reference * 2], h0, params)
+    (want,) = torch.autograd.grad((h_ref * h_ref).sum() + last_ref.sum(), reference)
+    torch.testing.assert_close(first, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(second, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(scratch.detach(), want / 2, rtol=1e-9, atol=1e-12)  # ∂L/∂scratch, over it
+
+
 def test_exact_after_as_many_iterations_as_chunks():
     """After k iterations the first k chunks are exact: n_chunks iterations converge even with no tolerance stop
     (an expanding cell, |a| up to 5, that Newton does not settle earlier)."""

@@ -161,6 +161,30 @@ def test_newton_equals_loop_float32(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_newton_backward_twice_and_gradcheck(name):
+    """Newton's backward writes the pre-activations' gradient over them; a second backward (``retain_graph``, as
+    gradcheck runs) rebuilds them: both give the loop's gradients. Changing the input weights in place between
+    the two is an error, not a silent gradient at other weights."""
+    layer = make(name, d_model=4, chunk_size=3)
+    x = torch.randn(2, 7, 4, dtype=torch.float64, requires_grad=True)
+    leaves = [x, *layer.parameters()]
+    y, _ = layer(x, mode="newton")
+    first = torch.autograd.grad((y * y).sum(), leaves, retain_graph=True)
+    second = torch.autograd.grad((y * y).sum(), leaves)
+    y_ref, _ = layer(x, mode="recurrent")
+    for got in (first, second):
+        for a, b in zip(got, torch.autograd.grad((y_ref * y_ref).sum(), leaves, retain_graph=True)):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    assert torch.autograd.gradcheck(lambda v: layer(v, mode="newton")[0], (x,))
+    y, _ = layer(x, mode="newton")
+    torch.autograd.grad(y.sum(), leaves, retain_graph=True)
+    with torch.no_grad():
+        layer.in_bias.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(y.sum(), leaves)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_reports_few_iterations_on_typical_input(name):
     layer = make(name, d_model=16, dtype=torch.float32)
     with warnings.catch_warnings():

@@ -17,6 +17,7 @@ the reference: ``A``, ``C`` ~ N(0, 2 / sqrt(5 d)) ("xlstm"), input weights Xavie
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -201,13 +202,13 @@ class _HeadProjection(torch.autograd.Function):
         head_bias = bias.view(gates, heads, k).transpose(0, 1).reshape(heads, gates * k)
         for h in range(heads):
             torch.addmm(head_bias[h], rows[:, h * k : (h + 1) * k], weight[h].view(k, gates * k), out=out[:, h])
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, bias)  # bias for its version check: the engine rebuilds pre from all three
         return out.view(*x.shape[:-1], heads, gates, k)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        x, weight = ctx.saved_tensors
+        x, weight, _ = ctx.saved_tensors
         heads, k, gates, _ = weight.shape
         rows = x.reshape(-1, heads * k)
         grad = grad.reshape(rows.shape[0], heads, gates * k)
@@ -290,6 +291,11 @@ class _ParaRNN(SequenceLayer):
         (:class:`_HeadProjection`)."""
         return _HeadProjection.apply(x, self.in_weight, self.in_bias)
 
+    def _scratch(self, x: Tensor) -> tuple[Tensor]:
+        """The engine's ``rebuild_xs``: ``pre`` is the layer's own intermediate, so Newton's backward may write its
+        gradient over it (and rebuild it from ``x`` if it runs twice)."""
+        return (self._preactivations(x),)
+
     def _recurrence(self, x: Tensor, h0: Tensor, mode: str) -> tuple[Tensor, Tensor]:
         """All states ``(batch, time, *state, d_model)`` and the final state of the cell over ``x``, from ``h0``
         ``(batch, *state, d_model)``. The engine runs on channels split into heads, ``(heads, d_model / heads)``,
@@ -298,7 +304,7 @@ class _ParaRNN(SequenceLayer):
         weights = [w.unflatten(-1, (self.num_heads, -1)).transpose(0, 1) for w in self._recurrent_weights()]
         h, h_last, info = nonlinear_recurrence(
             self.cell, (pre,), h0.unflatten(-1, (self.num_heads, -1)), weights, mode=mode, tol=self.tol,
-            max_iters=self.max_iters, chunk_size=self.chunk_size,
+            max_iters=self.max_iters, chunk_size=self.chunk_size, rebuild_xs=functools.partial(self._scratch, x),
         )  # fmt: skip
         if info is not None:
             self.newton_info = info

@@ -46,7 +46,8 @@ engine 2's reverse scan carries it across the chunks, and a second sweep compute
 per-step products with it, on ``(batch, chunks, ...)`` slices that stay in cache (no full-length λ is stored).
 A cell may carry a hand-written product, ``cell.vjp(h_prev, *xs_t, *params, lam) -> grads`` (one per ``xs`` and
 ``params``, the latter summed over the leading dims); otherwise autograd differentiates one evaluation of the
-cell per step.
+cell per step. A caller whose ``xs`` are its own intermediates (the ParaRNN layers' pre-activations) may declare
+them scratch (``rebuild_xs``): the backward then writes their gradients over them instead of into a new buffer.
 """
 
 from __future__ import annotations
@@ -273,6 +274,7 @@ class _Solve:
     tol: float
     max_iters: int
     chunk_size: int
+    rebuild_xs: Callable[[], Sequence[Tensor]] | None = None  # set: xs are scratch (see nonlinear_recurrence)
     info: NewtonInfo | None = None
 
 
@@ -367,12 +369,15 @@ class _Adjoint:
     stay in cache. No full-length λ is stored."""
 
     def __init__(self, cell: Cell, n_xs: int, h: Tensor, jac: _Jacobians, h0: Tensor, inputs: Sequence[Tensor],
-                 needs: Sequence[bool]) -> None:  # fmt: skip
+                 needs: Sequence[bool], grads_over_xs: bool = False) -> None:  # fmt: skip
         self.cell, self.h, self.jac, self.h0 = cell, h, jac, h0
         self.xs, self.params = inputs[:n_xs], inputs[n_xs:]
         self.needs = needs
         self.ops = DIAGONAL if jac.main[0].dim() == h.dim() else BLOCKS
-        self.grad_xs = [torch.empty_like(x) if need else None for x, need in zip(self.xs, needs)]
+        # over xs: each step's gradient replaces that step's input once its product has read it
+        self.grad_xs = [
+            (x if grads_over_xs else torch.empty_like(x)) if need else None for x, need in zip(self.xs, needs)
+        ]
         self.grad_params = [torch.zeros_like(p) if need else None for p, need in zip(self.params, needs[n_xs:])]
 
     def _vjp(self, h_prev: Tensor, x_t: Sequence[Tensor], lam: Tensor, grad_x_t: Sequence[Tensor | None]) -> None:
@@ -443,25 +448,38 @@ class _Adjoint:
 
 class _NewtonRecurrence(torch.autograd.Function):
     """Newton solve in the forward, the adjoint recurrence and the cell's vector-Jacobian products in the
-    backward (:class:`_Adjoint`)."""
+    backward (:class:`_Adjoint`). Scratch ``xs`` (``settings.rebuild_xs``) are kept on ``ctx`` rather than saved:
+    the backward overwrites them with their gradients, which would trip the saved tensors' version check."""
 
     @staticmethod
     def forward(ctx, cell: Cell, settings: _Solve, h0: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor]:
         ctx.set_materialize_grads(False)
-        h, jac, settings.info = _newton(cell, inputs[: settings.n_xs], inputs[settings.n_xs :], h0, settings)
-        ctx.cell, ctx.n_xs, ctx.n_inputs = cell, settings.n_xs, len(inputs)
-        ctx.save_for_backward(h, h0, *inputs, jac.tail, *jac.main)
+        xs = inputs[: settings.n_xs]
+        h, jac, settings.info = _newton(cell, xs, inputs[settings.n_xs :], h0, settings)
+        ctx.cell, ctx.settings = cell, settings
+        kept = inputs if settings.rebuild_xs is None else inputs[settings.n_xs :]
+        ctx.scratch, ctx.n_kept = (None if settings.rebuild_xs is None else list(xs)), len(kept)
+        ctx.save_for_backward(h, h0, *kept, jac.tail, *jac.main)
         return h, h[:, -1].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_h: Tensor | None, grad_last: Tensor | None):
         h, h0, *saved = ctx.saved_tensors
-        inputs, (jac_tail, *jac_main) = saved[: ctx.n_inputs], saved[ctx.n_inputs :]
+        inputs, (jac_tail, *jac_main) = saved[: ctx.n_kept], saved[ctx.n_kept :]
+        settings = ctx.settings
+        scratch = settings.rebuild_xs is not None
         if grad_h is None and grad_last is None:
-            return None, None, None, *([None] * len(inputs))
+            return None, None, None, *([None] * (ctx.n_kept + (settings.n_xs if scratch else 0)))
+        if scratch:  # the forward's xs the first time, fresh ones after (their first use holds gradients)
+            if ctx.scratch is None:
+                with torch.no_grad():
+                    ctx.scratch = [x.to(h.dtype) for x in settings.rebuild_xs()]
+            xs, ctx.scratch = ctx.scratch, None
+            inputs = [*xs, *inputs]
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h
-        adjoint = _Adjoint(ctx.cell, ctx.n_xs, h, _Jacobians(jac_main, jac_tail), h0, inputs, ctx.needs_input_grad[3:])
+        jac = _Jacobians(jac_main, jac_tail)
+        adjoint = _Adjoint(ctx.cell, settings.n_xs, h, jac, h0, inputs, ctx.needs_input_grad[3:], grads_over_xs=scratch)
         grads, grad_h0 = adjoint.run(grad_h, grad_last)
         return None, None, grad_h0 if ctx.needs_input_grad[2] else None, *grads
 
@@ -476,6 +494,7 @@ def nonlinear_recurrence(
     tol: float | None = None,
     max_iters: int = DEFAULT_MAX_ITERS,
     chunk_size: int | None = None,
+    rebuild_xs: Callable[[], Sequence[Tensor]] | None = None,
 ) -> tuple[Tensor, Tensor, NewtonInfo | None]:
     """All states of ``h_t = f(h_{t-1}, x_t)``, by Newton's method (``mode="newton"``) or the loop (``"recurrent"``).
 
@@ -489,6 +508,10 @@ def nonlinear_recurrence(
         tol: stop when ``max |H^new - H| <= tol``; default :func:`default_tolerance` of the compute dtype.
         max_iters: Newton iterations before falling back to the sequential loop (with a warning).
         chunk_size: steps per chunk, >= 1 (1 is DEER); default :func:`default_chunk_size`.
+        rebuild_xs: declares ``xs`` scratch, intermediates the caller will not read again (``"newton"`` only):
+            the backward then writes their gradients over them, sparing a buffer of their size (the ParaRNN
+            layers' pre-activations at (8, 4096, 256): 96 MiB, which on CPU also costs ~25k page faults), and
+            calls ``rebuild_xs()`` (under no grad) for fresh ones if it runs again (``retain_graph=True``).
 
     Returns:
         ``(h, h_last, info)``: all states ``(batch, time, *state)`` in the compute dtype (float32 for half
@@ -511,6 +534,7 @@ def nonlinear_recurrence(
         tol=default_tolerance(h0.dtype) if tol is None else float(tol),
         max_iters=max_iters,
         chunk_size=chunk_size or default_chunk_size(length, h0.numel(), h0.device),
+        rebuild_xs=rebuild_xs,
     )
     h, h_last = _NewtonRecurrence.apply(cell, settings, h0, *xs, *params)
     return h, h_last, settings.info
