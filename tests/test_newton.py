@@ -106,6 +106,29 @@ def test_a_cells_own_vjp_replaces_autograd(length, chunk):
     assert calls
 
 
+@pytest.mark.parametrize("length,chunk", [(1, None), (7, 3), (64, 16), (300, 1)])
+def test_residuals_reach_the_vjp_of_the_chunk_steps(length, chunk):
+    """A cell may return residuals with its Jacobian; its vjp gets them at the final sweep's chunk steps (none at
+    the ragged tail's steps) and the gradients are the loop's."""
+    given = []
+
+    def cell(h, x, a, *, jacobian=False):
+        out, jac = tanh_cell(h, x, a, jacobian=jacobian)
+        return (out, jac, out) if jacobian else (out, None)  # residuals: the step's tanh
+
+    def vjp(h, x, a, lam, residuals=None):
+        given.append(residuals is not None)
+        out = torch.tanh(a * h + x) if residuals is None else residuals
+        g = lam * (1 - out * out)
+        return g, (g * h).sum(tuple(range(h.dim() - 1)))
+
+    cell.vjp = vjp
+    _, xs, h0, params = problem("tanh", 2, length, seed=length)
+    assert_newton_matches_loop(cell, xs, h0, params, chunk_size=chunk)
+    steps = min(chunk or length, length)  # per chunk; the tail is what the chunks leave
+    assert given.count(True) == steps and given.count(False) == length % steps
+
+
 def test_gradients_only_where_needed_and_through_final_state():
     cell, xs, h0, params = problem("tanh", 2, 50)
     x = xs[0].clone().requires_grad_(True)

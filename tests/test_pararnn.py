@@ -73,7 +73,7 @@ def test_lstm_cell_equations(channels):
 def test_gru_cell_jacobian_is_autograds_diagonal(channels):
     gen, pre, A, _ = random_cell_inputs(channels, lead=(2,))
     h = torch.randn(2, *channels, generator=gen, dtype=torch.float64)
-    _, jac = para_gru_cell(h, pre, A, jacobian=True)
+    _, jac, _ = para_gru_cell(h, pre, A, jacobian=True)
     flat = lambda v: para_gru_cell(v.unflatten(-1, channels), pre, A)[0].flatten(1)  # noqa: E731
     full = torch.autograd.functional.jacobian(flat, h.flatten(1))  # (2, 5, 2, 5)
     want = torch.stack([torch.diagonal(full[b, :, b, :]) for b in range(2)])
@@ -100,6 +100,9 @@ def test_gru_vjp_is_autograds(lead, channels):
     want = torch.autograd.grad(out, (pre, A), lam)
     got = para_gru_cell.vjp(h, pre.detach(), A.detach(), lam)
     for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _, _, gates = para_gru_cell(h, pre.detach(), A.detach(), jacobian=True)  # the residuals spare recomputing them
+    for a, b in zip(para_gru_cell.vjp(h, pre.detach(), A.detach(), lam, residuals=gates), want):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 

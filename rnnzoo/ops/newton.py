@@ -15,7 +15,9 @@ time by the engine), ``params`` tensors broadcast to every step (e.g. diagonal r
 ``jacobian=True`` it also returns ``J = ∂h/∂h_prev``: diagonal, of ``h``'s shape ``(..., *state)``, or block
 diagonal for a state ``(..., k, *channels)``, of shape ``(..., k, k, *channels)`` (``J[..., i, j, c]`` is
 ``∂h_i/∂h_prev_j`` of channel c). Every tensor the cell depends on and that needs a gradient must come in
-through ``xs`` or ``params``.
+through ``xs`` or ``params``. A cell with a hand-written ``vjp`` (below) may return a third value with
+``jacobian=True``, residuals: what its vjp would otherwise recompute (its gates, say; not the states, which the
+vjp is given).
 
 Newton on chunk boundaries (multiple shooting). Cut time into n chunks of C steps. One iteration runs every
 chunk at once from a guess ``H_j`` of its start state (C steps of the cell on ``(batch, n, ...)``), giving its
@@ -45,9 +47,11 @@ runs on the forward's chunks in reverse: a sweep down every chunk at once gives 
 engine 2's reverse scan carries it across the chunks, and a second sweep computes ``λ_t`` step by step and the
 per-step products with it, on ``(batch, chunks, ...)`` slices that stay in cache (no full-length λ is stored).
 A cell may carry a hand-written product, ``cell.vjp(h_prev, *xs_t, *params, lam) -> grads`` (one per ``xs`` and
-``params``, the latter summed over the leading dims); otherwise autograd differentiates one evaluation of the
-cell per step. A caller whose ``xs`` are its own intermediates (the ParaRNN layers' pre-activations) may declare
-them scratch (``rebuild_xs``): the backward then writes their gradients over them instead of into a new buffer.
+``params``, the latter summed over the leading dims; ``residuals=`` the step's residuals where the cell returned
+some, kept from the final sweep's chunk steps, not from the ragged tail or the sequential fallback); otherwise
+autograd differentiates one evaluation of the cell per step. A caller whose ``xs`` are its own intermediates
+(the ParaRNN layers' pre-activations) may declare them scratch (``rebuild_xs``): the backward then writes their
+gradients over them instead of into a new buffer.
 """
 
 from __future__ import annotations
@@ -158,7 +162,7 @@ def _jacobian_kind(cell: Cell, xs: Sequence[Tensor], h0: Tensor, params: Sequenc
     """Evaluate the cell on the first step and classify its Jacobian: diagonal (the scan's :data:`DIAGONAL`
     products) or k×k blocks (:data:`~rnnzoo.ops.block_scan.BLOCKS`)."""
     h_prev = h0.unsqueeze(1)
-    h, jac = cell(h_prev, *(x[:, :1] for x in xs), *params, jacobian=True)
+    h, jac, *_ = cell(h_prev, *(x[:, :1] for x in xs), *params, jacobian=True)
     where = "nonlinear_recurrence"
     if not isinstance(h, Tensor) or h.shape != h_prev.shape:
         got = tuple(h.shape) if isinstance(h, Tensor) else type(h).__name__
@@ -209,19 +213,21 @@ def _run(
     out: Iterable[Tensor],
     ops: Transitions,
     jac_out: Iterable[Tensor] | None = None,
-) -> tuple[Tensor, Tensor, list[Tensor]]:
+) -> tuple[Tensor, Tensor, list[Tensor], list[object]]:
     """Run the cell from ``start`` over ``steps`` (per step, the inputs' views), writing each state to ``out``
     (and each Jacobian to ``jac_out`` if given); return the end state, the product of the Jacobians (last step
-    leftmost) and the Jacobians as the cell returned them."""
-    h, product, jacs = start, None, []
+    leftmost), and per step the Jacobian and the residuals (None if the cell keeps none) as the cell returned
+    them."""
+    h, product, jacs, residuals = start, None, [], []
     for x_t, out_t in zip(steps, out):
-        h, jac = cell(h, *x_t, *params, jacobian=True)
+        h, jac, *kept = cell(h, *x_t, *params, jacobian=True)
         out_t.copy_(h)
         jacs.append(jac)
+        residuals.append(kept[0] if kept else None)
         product = jac if product is None else ops.compose(jac, product)
     for jac_t, jac in zip(jac_out or (), jacs):
         jac_t.copy_(jac)
-    return h, product, jacs
+    return h, product, jacs, residuals
 
 
 @dataclass
@@ -236,6 +242,7 @@ class _Jacobians:
 
     main: list[Tensor]
     tail: Tensor
+    residuals: list[object] | None = None  # the cell's, per step of ``main``, if it keeps any
 
     def steps(self, begin: int) -> list[Tensor]:
         """Views ``(batch, 1, ...)`` of steps ``begin..T-1``, in time order."""
@@ -258,7 +265,7 @@ def _loop(
     """The sequential loop over steps ``begin..T-1`` from ``start`` ``(batch, 1, *state)``, writing each state and
     Jacobian into ``h`` and ``jac``."""
     steps = zip(*(x[:, begin:].split(1, dim=1) for x in xs))
-    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), ops, jac.steps(begin))
+    _run(cell, steps, params, start, h[:, begin:].split(1, dim=1), ops, jac.steps(begin))  # residuals: dropped
 
 
 def _chunk_views(t: Tensor, n_chunks: int, chunk: int) -> tuple[Tensor, ...]:
@@ -313,7 +320,7 @@ def _newton(
     starts = _first_guess(cell, xs, params, h0, n_chunks, chunk)
     converged, update, iterations = False, math.inf, 0
     for iterations in range(1, settings.max_iters + 1):
-        ends, product, jacs = _run(cell, steps, params, starts, h_views, ops)
+        ends, product, jacs, residuals = _run(cell, steps, params, starts, h_views, ops)
         if n_chunks == 1:
             converged, update = True, 0.0
             break
@@ -327,7 +334,7 @@ def _newton(
             converged = True
             break
     if converged:
-        jac = _Jacobians(jacs, tail)
+        jac = _Jacobians(jacs, tail, None if residuals[0] is None else residuals)
         if main < length:  # the ragged tail, after the last chunk
             _loop(cell, xs, params, ends[:, -1:], h, jac, main, ops)
     else:
@@ -343,12 +350,20 @@ def _newton(
 
 
 def _step_vjp(
-    cell: Cell, h_prev: Tensor, x_t: Sequence[Tensor], params: Sequence[Tensor], lam: Tensor, needs: Sequence[bool]
+    cell: Cell,
+    h_prev: Tensor,
+    x_t: Sequence[Tensor],
+    params: Sequence[Tensor],
+    lam: Tensor,
+    needs: Sequence[bool],
+    residuals: object = None,
 ) -> list[Tensor | None]:
     """Gradients of ``λ · f(h_prev, x_t, θ)`` w.r.t. ``x_t`` and ``θ`` (summed over the leading dims): the cell's
-    own ``vjp`` if it has one, else autograd on one evaluation of the cell."""
+    own ``vjp`` if it has one (given the step's ``residuals`` if the cell kept any), else autograd on one
+    evaluation of the cell."""
     if hasattr(cell, "vjp"):
-        return list(cell.vjp(h_prev, *x_t, *params, lam))
+        kept = {} if residuals is None else {"residuals": residuals}
+        return list(cell.vjp(h_prev, *x_t, *params, lam, **kept))
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(need) for t, need in zip((*x_t, *params), needs)]
         out, _ = cell(h_prev, *leaves, jacobian=False)
@@ -380,11 +395,14 @@ class _Adjoint:
         ]
         self.grad_params = [torch.zeros_like(p) if need else None for p, need in zip(self.params, needs[n_xs:])]
 
-    def _vjp(self, h_prev: Tensor, x_t: Sequence[Tensor], lam: Tensor, grad_x_t: Sequence[Tensor | None]) -> None:
+    def _vjp(
+        self, h_prev: Tensor, x_t: Sequence[Tensor], lam: Tensor, grad_x_t: Sequence[Tensor | None],
+        residuals: object = None,
+    ) -> None:  # fmt: skip
         """Add step ``t``'s vector-Jacobian product to the gradients (``grad_x_t``: views of step t)."""
         if not any(self.needs):
             return
-        got = _step_vjp(self.cell, h_prev, x_t, self.params, lam, self.needs)
+        got = _step_vjp(self.cell, h_prev, x_t, self.params, lam, self.needs, residuals)
         n_xs = len(self.xs)
         for out, grad in zip(grad_x_t, got[:n_xs]):
             if out is None:
@@ -441,7 +459,9 @@ class _Adjoint:
         first_prev = torch.cat([self.h0.unsqueeze(1), hv[-1][:, :-1]], dim=1)  # the state before each chunk
         for c, lam in self._down_chunks(gv, last):
             x_t = [views[c] for views in xv]
-            self._vjp(hv[c - 1] if c else first_prev, x_t, lam, [None if v is None else v[c] for v in gxv])
+            grads = [None if v is None else v[c] for v in gxv]
+            kept = None if self.jac.residuals is None else self.jac.residuals[c]
+            self._vjp(hv[c - 1] if c else first_prev, x_t, lam, grads, kept)
         grad_h0 = ops.apply(ops.transpose(jac[0][:, :1]), lam[:, :1]).squeeze(1)
         return [*self.grad_xs, *self.grad_params], grad_h0
 
@@ -459,6 +479,7 @@ class _NewtonRecurrence(torch.autograd.Function):
         ctx.cell, ctx.settings = cell, settings
         kept = inputs if settings.rebuild_xs is None else inputs[settings.n_xs :]
         ctx.scratch, ctx.n_kept = (None if settings.rebuild_xs is None else list(xs)), len(kept)
+        ctx.residuals = jac.residuals  # the cell's own intermediates, not inputs or outputs: kept on ctx
         ctx.save_for_backward(h, h0, *kept, jac.tail, *jac.main)
         return h, h[:, -1].clone()
 
@@ -478,7 +499,7 @@ class _NewtonRecurrence(torch.autograd.Function):
             xs, ctx.scratch = ctx.scratch, None
             inputs = [*xs, *inputs]
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h
-        jac = _Jacobians(jac_main, jac_tail)
+        jac = _Jacobians(jac_main, jac_tail, ctx.residuals)
         adjoint = _Adjoint(ctx.cell, settings.n_xs, h, jac, h0, inputs, ctx.needs_input_grad[3:], grads_over_xs=scratch)
         grads, grad_h0 = adjoint.run(grad_h, grad_last)
         return None, None, grad_h0 if ctx.needs_input_grad[2] else None, *grads
