@@ -202,11 +202,15 @@ def test_reports_few_iterations_on_typical_input(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_non_convergence_warns_and_uses_the_loop(name):
     layer = make(name, max_iters=1)
-    x = torch.randn(2, 400, 8, dtype=torch.float64)
+    x = torch.randn(2, 400, 8, dtype=torch.float64, requires_grad=True)
     with pytest.warns(NewtonConvergenceWarning, match="did not converge in 1 iterations"):
         y, _ = layer(x, mode="newton")
     assert not layer.newton_info.converged
-    torch.testing.assert_close(y, layer(x, mode="recurrent")[0], rtol=1e-12, atol=1e-13)
+    y_loop, _ = layer(x, mode="recurrent")
+    torch.testing.assert_close(y, y_loop, rtol=1e-12, atol=1e-13)
+    leaves = [x, *layer.parameters()]  # the fallback's gradients: its Jacobians, no residuals kept
+    for a, b in zip(torch.autograd.grad(y.square().sum(), leaves), torch.autograd.grad(y_loop.square().sum(), leaves)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
 # -- construction -------------------------------------------------------------------------------------------------
