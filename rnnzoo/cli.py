@@ -128,10 +128,13 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _bench_caption(head: dict) -> str:
+    load = f"load average {head.get('loadavg_1min', '?')} at start"
+    if head.get("loadavg_1min_end") is not None:
+        load += f", {head['loadavg_1min_end']} at the end"
     return (
         f"{head.get('date', '?')}, rnnzoo {head.get('rnnzoo', '?')}, torch {head.get('torch', '?')} on "
-        f"{head.get('cpu', '?')} ({head.get('cpu_count', '?')} CPUs, {head.get('threads', '?')} threads, "
-        f"load average {head.get('loadavg_1min', '?')} at start)"
+        f"{head.get('cpu', '?')} ({head.get('cpu_count', '?')} CPUs, {head.get('threads', '?')} thread(s) per run, "
+        f"{head.get('jobs', 1)} job(s), {load})"
     )
 
 
@@ -174,6 +177,8 @@ def _bench(args: argparse.Namespace) -> int:
         args.error(str(e))
     if args.seeds:
         suite = suite.with_seeds(args.seeds)
+    if args.threads:
+        suite = suite.with_threads(args.threads)
     console = _console()
     for note in suite.notes:
         console.print(f"note: {note}", highlight=False)
@@ -181,18 +186,19 @@ def _bench(args: argparse.Namespace) -> int:
         args.error(f"suite {suite.name!r}: none of its models is registered")
     out = Path(args.out or "results/bench")
     out.mkdir(parents=True, exist_ok=True)
-    head = {**speed.header(args.threads, "cpu", ["rnnzoo", *args.argv]), "suite": suite.name}
+    head = {**speed.header(suite.train.threads, "cpu", ["rnnzoo", *args.argv]), "suite": suite.name, "jobs": args.jobs}
     events: list[capability.RunDone] = []
     start = time.perf_counter()
     try:
         results = capability.run_suite(
-            suite, out, force=args.force, threads=args.threads, console=console, quiet=args.quiet, on_run=events.append
+            suite, out, force=args.force, jobs=args.jobs, console=console, quiet=args.quiet, on_run=events.append
         )
     except KeyboardInterrupt:
         done = sum(e.result is not None for e in events)
         console.print(f"interrupted: {done} finished run(s) are cached in {out}; run again to resume")
         return 130
     head["wall_seconds"] = round(time.perf_counter() - start, 1)
+    head["loadavg_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     failed = [e for e in events if e.error]
     trained = sum(not e.cached and not e.error for e in events)
     rows = report.summarize(results)
@@ -206,6 +212,66 @@ def _bench(args: argparse.Namespace) -> int:
     console.print(
         f"{len(events)} runs ({trained} trained, {len(events) - trained - len(failed)} from the cache) in "
         f"{_duration(head['wall_seconds'])}; wrote {', '.join(written)}",
+        highlight=False,
+    )
+    if failed:
+        console.print(f"{len(failed)} run(s) failed: " + "; ".join(e.error for e in failed), markup=False)
+        return 1
+    return 0
+
+
+def _claims_list(args: argparse.Namespace) -> int:
+    """Print the shipped claims: name, paper, the claim, what would reproduce it, and its runs."""
+    from rich.table import Table
+
+    from . import claims
+
+    table = Table(title="rnnzoo claims (run them with `rnnzoo claims run [NAME ...] [--quick]`)", show_lines=True)
+    for name in ("name", "paper", "claim", "expected", "runs"):
+        table.add_column(name, overflow="fold")
+    for c in claims.get_claims():
+        quick, full = c.quick_budget, c.budget
+        runs = f"{len(c.arms)} arms; --quick {quick.steps} steps, {quick.params // 1000}k params; full {full.steps} steps"
+        table.add_row(c.name, c.paper, c.statement, c.expected, runs)
+    _console().print(table)
+    return 0
+
+
+def _claims_run(args: argparse.Namespace) -> int:
+    """Train the chosen claims' runs (what is not cached), print the verdicts, write claims.json and a PNG."""
+    from . import claims
+    from .claims import run as claims_run
+
+    try:
+        chosen = claims.get_claims(args.names)
+    except ValueError as e:
+        args.error(str(e))
+    console = _console()
+    out = Path(args.out or ("results/claims-quick" if args.quick else "results/claims"))
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = tuple(range(args.seeds))
+    head = {**speed.header(args.threads, "cpu", ["rnnzoo", *args.argv]), "quick": args.quick, "jobs": args.jobs,
+            "seeds": list(seeds)}  # fmt: skip
+    events: list[capability.RunDone] = []
+    start = time.perf_counter()
+    try:
+        outcomes = claims_run.run_claims(
+            chosen, out, quick=args.quick, seeds=seeds, jobs=args.jobs, threads=args.threads, force=args.force,
+            console=console, quiet=args.quiet, on_run=events.append,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        done = sum(e.result is not None for e in events)
+        console.print(f"interrupted: {done} finished run(s) are cached in {out}; run again to resume")
+        return 130
+    head["wall_seconds"] = round(time.perf_counter() - start, 1)
+    head["loadavg_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    claims_run.print_table(outcomes, console, _bench_caption(head))
+    claims_run.write_json(out / "claims.json", outcomes, head)
+    claims_run.plot(outcomes, out / "claims.png", f"rnnzoo claims run{' --quick' if args.quick else ''}, "
+                    f"{head['date'][:10]}, seeds {args.seeds}")  # fmt: skip
+    failed = [e for e in events if e.error]
+    console.print(
+        f"{len(events)} runs in {_duration(head['wall_seconds'])}; wrote {out / 'claims.json'}, {out / 'claims.png'}",
         highlight=False,
     )
     if failed:
@@ -245,12 +311,46 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", metavar="DIR", help="results and run cache (default results/bench)")
     be.add_argument("--force", action="store_true", help="rerun runs found in the cache")
     be.add_argument(
-        "--threads", type=_positive_int, default=os.cpu_count(), help=f"torch threads (default: all, {os.cpu_count()})"
+        "--threads", type=_positive_int, metavar="N", help="torch threads per run (default: the suite's, 1)"
     )
+    be.add_argument(
+        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+        help=f"runs trained at once, one process each (default: the number of cores, {os.cpu_count()})",
+    )  # fmt: skip
     be.add_argument("--report", metavar="RESULTS_JSON", help="re-render a results.json's table and plot, no training")
     be.add_argument("--plot", metavar="PATH", help="the PNG (default accuracy.png beside results.json)")
     be.add_argument("--quiet", action="store_true", help="no progress output, only the tables")
     be.set_defaults(func=_bench, error=be.error)
+
+    cl = commands.add_parser(
+        "claims",
+        help="papers' claims about what models can do: list them, or run them for a verdict",
+        description=(
+            "Each claim is a paper's statement about what a family of models can do, the runs that test it and a "
+            "verdict rule fixed from the paper. `rnnzoo claims` lists them; `rnnzoo claims run [NAME ...]` trains "
+            "the runs (cached and resumable like `bench`) and prints REPRODUCED / NOT REPRODUCED / INCONCLUSIVE "
+            "per claim, writing claims.json and claims.png."
+        ),
+    )
+    cl.set_defaults(func=_claims_list)
+    claim_commands = cl.add_subparsers(dest="claims_command", metavar="{list,run}")
+    claim_commands.add_parser("list", help="list the claims (the default)").set_defaults(func=_claims_list)
+    cr = claim_commands.add_parser(
+        "run", help="run claims and print their verdicts",
+        description="Train every arm of the named claims (all if none) and decide each verdict.",
+    )  # fmt: skip
+    cr.add_argument("names", nargs="*", metavar="NAME", help="claims to run (default: all; see `rnnzoo claims`)")
+    cr.add_argument("--quick", action="store_true", help="the quick budgets (about 30 min for all, 2 cores, one seed)")
+    cr.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help="seeds 0..N-1, best of seeds (default 1)")
+    cr.add_argument(
+        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+        help=f"runs trained at once, one process each (default: the number of cores, {os.cpu_count()})",
+    )  # fmt: skip
+    cr.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="torch threads per run (default 1)")
+    cr.add_argument("--out", metavar="DIR", help="results and run cache (default results/claims[-quick])")
+    cr.add_argument("--force", action="store_true", help="rerun runs found in the cache")
+    cr.add_argument("--quiet", action="store_true", help="no progress output, only the table")
+    cr.set_defaults(func=_claims_run, error=cr.error)
 
     ls = commands.add_parser("list", help="print the model registry", description="Print the model registry.")
     ls.set_defaults(func=_list)

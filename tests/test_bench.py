@@ -47,7 +47,7 @@ def write(tmp_path, text: str, name: str = "suite.toml"):
 
 
 def bench(tmp_path, *args: str) -> int:
-    return main(["bench", "--out", str(tmp_path / "out"), "--threads", "1", *args])
+    return main(["bench", "--out", str(tmp_path / "out"), "--threads", "1", "--jobs", "1", *args])
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ Accuracy is the fraction of scored positions predicted right; scaled accuracy is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,6 +29,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..layers.base import RecurrentState
 from ..models import SequenceModel
 from .suites import RunConfig, Suite
 
@@ -58,55 +60,101 @@ def _lr_factor(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
-def _masked_loss_and_hits(model: SequenceModel, batch) -> tuple[torch.Tensor, int, int]:
-    """Cross-entropy over the scored positions, and the number right and scored."""
-    logits, _ = model(batch.inputs)
+def _masked_loss_and_hits(model: SequenceModel, batch, state=None) -> tuple[torch.Tensor, int, int, list]:
+    """Cross-entropy over the scored positions, the number right and scored, and the final state."""
+    logits, state = model(batch.inputs, state)
     scored = logits[batch.mask]
     targets = batch.targets[batch.mask]
     loss = F.cross_entropy(scored.float(), targets)
-    return loss, int((scored.argmax(-1) == targets).sum()), targets.numel()
+    return loss, int((scored.argmax(-1) == targets).sum()), targets.numel(), state
+
+
+def _loadavg() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 @torch.no_grad()
-def accuracy_at(model: SequenceModel, task, length: int, batch_size: int, generator: torch.Generator) -> float:
-    """Accuracy on the scored positions of ``batch_size`` sequences of ``length`` tokens (in chunks of at
-    most ``EVAL_CHUNK`` sequences, which bounds the memory of long test lengths)."""
-    right = total = 0
+def scores_at(model: SequenceModel, task, length: int, batch_size: int, generator: torch.Generator) -> tuple[float, float]:
+    """``(accuracy, sequence accuracy)`` of ``batch_size`` sequences of ``length`` tokens: the fraction of scored
+    positions predicted right, and the fraction of sequences with every scored position right (Siems et al.'s
+    "sequence accuracy": every prefix up to ``length`` right). In chunks of at most ``EVAL_CHUNK`` sequences,
+    which bounds the memory of long test lengths."""
+    right = total = whole = 0
     for start in range(0, batch_size, EVAL_CHUNK):
         batch = task.sample(min(EVAL_CHUNK, batch_size - start), length, generator)
-        _, hits, scored = _masked_loss_and_hits(model, batch)
-        right, total = right + hits, total + scored
-    return right / total
+        logits, _ = model(batch.inputs)
+        wrong = (logits.argmax(-1) != batch.targets) & batch.mask
+        right += int(batch.mask.sum()) - int(wrong.sum())
+        total += int(batch.mask.sum())
+        whole += int((~wrong.any(-1)).sum())
+    return right / total, whole / batch_size
+
+
+def accuracy_at(model: SequenceModel, task, length: int, batch_size: int, generator: torch.Generator) -> float:
+    """Accuracy on the scored positions of ``batch_size`` sequences of ``length`` tokens (:func:`scores_at`)."""
+    return scores_at(model, task, length, batch_size, generator)[0]
 
 
 def train_lengths_to_score(task, count: int) -> list[int]:
-    """``count`` lengths spread evenly over the task's training range (fewer if the range is short)."""
-    low, high = task.train_lengths
-    return sorted({round(low + (high - low) * i / max(count - 1, 1)) for i in range(count)})
+    """``count`` lengths at which a task's "train" accuracy is taken: the task's own rule
+    (:meth:`~rnnzoo.tasks.Task.train_score_lengths`, where its labels are not trivial)."""
+    return list(task.train_score_lengths(count))
 
 
 def evaluate(model: SequenceModel, task, batch_size: int, seed: int, n_train_lengths: int) -> dict:
-    """Accuracy at training lengths (the mean over :func:`train_lengths_to_score`) and at each test length,
-    every length from its own generator seeded by ``seed`` and the length (so the data do not depend on
-    which lengths are scored)."""
+    """Accuracy and sequence accuracy at training lengths (the mean over :func:`train_lengths_to_score`; sequence
+    accuracy at the longest of them) and at each test length, every length from its own generator seeded by
+    ``seed`` and the length (so the data do not depend on which lengths are scored)."""
     was_training = model.training
     model.eval()
     generator = lambda length: torch.Generator().manual_seed(seed * 100_003 + length)  # noqa: E731
     lengths = train_lengths_to_score(task, n_train_lengths)
-    train = [accuracy_at(model, task, n, batch_size, generator(n)) for n in lengths]
-    test = {n: accuracy_at(model, task, n, batch_size, generator(n)) for n in task.test_lengths}
+    train = [scores_at(model, task, n, batch_size, generator(n)) for n in lengths]
+    test = {n: scores_at(model, task, n, batch_size, generator(n)) for n in task.test_lengths}
     model.train(was_training)
-    return {"train": sum(train) / len(train), "test": test}
+    return {
+        "train": sum(a for a, _ in train) / len(train),
+        "train_lengths": lengths,
+        "sequence_train": train[-1][1],
+        "test": {n: a for n, (a, _) in test.items()},
+        "sequence_test": {n: s for n, (_, s) in test.items()},
+    }
+
+
+def _perturbed(states: list[RecurrentState], scale: float, generator: torch.Generator) -> list[RecurrentState]:
+    """``states`` with N(0, scale²) noise added to every floating tensor (Buitrago Ruiz & Gu's random-noise
+    initial states)."""
+    out = []
+    for state in states:
+        noisy = {}
+        for name, t in state.tensors().items():
+            if t.is_floating_point() or t.is_complex():
+                t = t + scale * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+            noisy[name] = t
+        out.append(dataclasses.replace(state, **noisy))
+    return out
 
 
 def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | None = None) -> dict:
-    """Train and evaluate one run; returns its result record (JSON-able).
+    """Train and evaluate one run on ``run.train.threads`` torch threads; returns its result record (JSON-able).
 
     The model is initialised from ``torch.manual_seed(seed)``; the training data come from a generator seeded
-    with ``seed``. The run stops at ``budget.steps`` steps, after ``budget.seconds`` seconds of training, or
-    when solved (:class:`~rnnzoo.bench.suites.TrainSettings`); evaluation time is not part of the budget.
+    with ``seed``. The run stops at ``budget.steps`` steps, after ``budget.seconds`` seconds of training (a
+    safety cap), or when solved (:class:`~rnnzoo.bench.suites.TrainSettings`); evaluation time is not part of
+    the budget. Each batch starts from the state ``initial_state`` names: zero, noise, or the previous batch's
+    final state (detached). The record holds the 1-minute load average sampled at every check, so a reader
+    can see how loaded the machine was while the run trained.
     """
     settings, budget = run.train, run.budget
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _train_run(run, settings, budget, on_progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_run(run: RunConfig, settings, budget, on_progress) -> dict:
     task = run.task.make()
     model_config = run.model_config(task)
     torch.manual_seed(run.seed)
@@ -114,13 +162,16 @@ def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | Non
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, settings.warmup_steps))
     generator = torch.Generator().manual_seed(run.seed)
+    state_generator = torch.Generator().manual_seed(run.seed + 1)
     low, high = task.train_lengths
     max_steps = budget.steps if budget.steps is not None else math.inf
     max_seconds = budget.seconds if budget.seconds is not None else math.inf
 
     history: list[list[float]] = []  # [step, loss, accuracy] at each check
+    loads = [_loadavg()]
     window_right = window_total = 0
     window_loss, solved_streak, step, stopped = 0.0, 0, 0, "steps"
+    carried = None
     cpu_start, start = time.process_time(), time.perf_counter()
     while step < max_steps:
         if time.perf_counter() - start >= max_seconds:
@@ -128,7 +179,14 @@ def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | Non
             break
         length = int(torch.randint(low, high + 1, (1,), generator=generator))
         batch = task.sample(settings.batch_size, length, generator)
-        loss, right, total = _masked_loss_and_hits(model, batch)
+        state = None
+        if settings.initial_state == "noise":
+            state = _perturbed(model.init_state(settings.batch_size), settings.state_noise, state_generator)
+        elif settings.initial_state == "carried":
+            state = carried
+        loss, right, total, final = _masked_loss_and_hits(model, batch, state)
+        if settings.initial_state == "carried":
+            carried = [s.detach() for s in final]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -144,6 +202,7 @@ def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | Non
         if step % settings.eval_every == 0:
             progress = TrainProgress(step, window_loss / settings.eval_every, window_right / window_total)
             history.append([step, round(progress.loss, 5), round(progress.accuracy, 5)])
+            loads.append(_loadavg())
             if on_progress is not None:
                 on_progress(progress)
             solved_streak = solved_streak + 1 if progress.accuracy >= settings.solved_accuracy else 0
@@ -153,9 +212,11 @@ def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | Non
                 stopped = "solved"
                 break
     train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    loads.append(_loadavg())
     result = evaluate(model, task, settings.eval_batch_size, settings.eval_seed, settings.train_eval_lengths)
     chance = task.chance
     test = result["test"]
+    loads = [x for x in loads if x is not None]
     return {
         "key": run.key(),
         "config": run.describe(),
@@ -163,9 +224,11 @@ def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | Non
         "model": run.model.display,
         "seed": run.seed,
         "params": model.num_parameters(),
+        "state_size": _state_size(model, high),
         "d_model": model_config["d_model"],
         "chance": chance,
         "train_lengths": list(task.train_lengths),
+        "train_score_lengths": result["train_lengths"],
         "steps": step,
         "stopped": stopped,
         "train_seconds": round(train_seconds, 3),
@@ -173,15 +236,32 @@ def train_run(run: RunConfig, on_progress: Callable[[TrainProgress], None] | Non
         "eval_seconds": round(time.perf_counter() - start - train_seconds, 3),
         "eval_cpu_seconds": round(time.process_time() - cpu_start - train_cpu, 3),
         "threads": torch.get_num_threads(),
-        "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "loadavg_1min": round(loads[0], 2) if loads else None,
+        "loadavg_mean": round(sum(loads) / len(loads), 2) if loads else None,
+        "loadavg_max": round(max(loads), 2) if loads else None,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "accuracy": {"train": result["train"], **{str(n): a for n, a in test.items()}},
         "scaled": {
             "train": scaled_accuracy(result["train"], chance),
             **{str(n): scaled_accuracy(a, chance) for n, a in test.items()},
         },
+        "sequence_accuracy": {
+            "train": result["sequence_train"], **{str(n): a for n, a in result["sequence_test"].items()},
+        },
         "history": history,
     }
+
+
+def _state_size(model: SequenceModel, length: int) -> int:
+    """Floats in the model's recurrent state for one sequence after ``length`` tokens (complex counts twice)."""
+    with torch.no_grad():
+        _, states = model(torch.zeros(1, length, dtype=torch.long))
+    total = 0
+    for state in states:
+        for t in state.tensors().values():
+            if t.is_floating_point() or t.is_complex():
+                total += t.numel() * (2 if t.is_complex() else 1)
+    return total
 
 
 # ----------------------------------------------------------------------------
@@ -217,7 +297,9 @@ class RunDone:
 
 
 def _run_title(run: RunConfig, index: int, total: int) -> str:
-    return f"[{index + 1}/{total}] {run.task.name} · {run.model.display} · seed {run.seed}"
+    task = " ".join([run.task.name, *(f"{k}={v}" for k, v in run.task.config.items())])
+    extra = "".join(f" · {k}={getattr(run.train, k)}" for k in ("initial_state",) if getattr(run.train, k) != "zero")
+    return f"[{index + 1}/{total}] {task} · {run.model.display} · seed {run.seed}{extra}"
 
 
 def _run_line(event: RunDone) -> str:
@@ -239,9 +321,10 @@ class _Display:
     """Rich progress bars on a terminal (one per run: steps, loss, accuracy; one over all runs), else a line
     per finished run; nothing if ``quiet``."""
 
-    def __init__(self, console, total: int, quiet: bool) -> None:
+    def __init__(self, console, total: int, quiet: bool, per_run_bars: bool = True) -> None:
         self.console = None if quiet else console
         self.progress = self.bar = None
+        self.per_run_bars = per_run_bars
         if self.console is not None and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -262,7 +345,7 @@ class _Display:
 
     def start(self, run: RunConfig, index: int, total: int) -> Callable[[TrainProgress], None] | None:
         """A new bar for ``run``; returns the callback that moves it (None without bars)."""
-        if self.progress is None:
+        if self.progress is None or not self.per_run_bars:
             return None
         bar = self.bar = self.progress.add_task(_run_title(run, index, total), total=run.budget.steps, status="")
 
@@ -284,12 +367,33 @@ class _Display:
         self.progress.console.print(_run_line(event), highlight=False)
 
 
+def _store(path: Path, result: dict) -> None:
+    """Write a result atomically: a temporary file renamed into place, so a cache entry is never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    partial.replace(path)
+
+
+def _train_or_error(run: RunConfig, on_progress=None) -> tuple[dict | None, str | None]:
+    """``(result, None)``, or ``(None, error)`` for a run whose model or data fail: one broken model must not
+    sink a suite."""
+    try:
+        return train_run(run, on_progress), None
+    except (RuntimeError, ValueError, TypeError) as e:
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
 def run_suite(
     suite: Suite | Sequence[RunConfig],
     out: str | Path,
     *,
     force: bool = False,
-    threads: int | None = None,
+    jobs: int = 1,
     console=None,
     quiet: bool = False,
     on_run: Callable[[RunDone], None] | None = None,
@@ -297,37 +401,51 @@ def run_suite(
     """Run every run of ``suite`` not already cached under ``out`` (all of them with ``force``), caching each
     result as it finishes; returns the results in suite order (failed runs left out, reported to ``on_run``).
 
-    ``threads``: torch threads while training (restored afterwards; default: unchanged). Progress goes to
-    ``console`` (a rich Console; bars on a terminal, a line per run otherwise) unless ``quiet``.
+    Each run trains on its own ``train.threads`` torch threads. ``jobs > 1`` trains that many runs at once, in
+    separate processes (``spawn``): a run's result does not depend on ``jobs``. Progress goes to ``console``
+    (a rich Console; bars on a terminal, a line per finished run otherwise) unless ``quiet``.
     """
     runs = suite.runs() if isinstance(suite, Suite) else list(suite)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    results = []
-    try:
-        with _Display(console, len(runs), quiet) as display:
-            for i, run in enumerate(runs):
-                path = cache_path(out, run)
-                cached = None if force else _load_cached(path)
-                if cached is not None:
-                    event = RunDone(i, len(runs), run, cached, cached=True)
-                else:
-                    try:
-                        result = train_run(run, display.start(run, i, len(runs)))
-                    except (RuntimeError, ValueError, TypeError) as e:  # one broken model must not sink a suite
-                        event = RunDone(i, len(runs), run, None, cached=False, error=f"{type(e).__name__}: {e}")
-                    else:
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        partial = path.with_suffix(".partial")  # renamed when complete: no half-written cache
-                        partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-                        partial.replace(path)
-                        event = RunDone(i, len(runs), run, result, cached=False)
-                if event.result is not None:
-                    results.append(event.result)
-                display.done(event)
-                if on_run is not None:
-                    on_run(event)
-    finally:
-        torch.set_num_threads(previous)
-    return results
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"run_suite: `jobs` must be an int >= 1, got {jobs!r}")
+    results: dict[int, dict] = {}
+    with _Display(console, len(runs), quiet, per_run_bars=jobs == 1) as display:
+
+        def finish(event: RunDone) -> None:
+            if event.result is not None:
+                results[event.index] = event.result
+            display.done(event)
+            if on_run is not None:
+                on_run(event)
+
+        pending = []
+        for i, run in enumerate(runs):
+            cached = None if force else _load_cached(cache_path(out, run))
+            if cached is not None:
+                finish(RunDone(i, len(runs), run, cached, cached=True))
+            else:
+                pending.append(i)
+        if jobs == 1:
+            for i in pending:
+                result, error = _train_or_error(runs[i], display.start(runs[i], i, len(runs)))
+                if result is not None:
+                    _store(cache_path(out, runs[i]), result)
+                finish(RunDone(i, len(runs), runs[i], result, cached=False, error=error))
+        elif pending:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, initializer=_worker_init) as pool:
+                futures = {pool.submit(_train_or_error, runs[i]): i for i in pending}
+                try:
+                    for future in as_completed(futures):
+                        i = futures[future]
+                        result, error = future.result()
+                        if result is not None:
+                            _store(cache_path(out, runs[i]), result)
+                        finish(RunDone(i, len(runs), runs[i], result, cached=False, error=error))
+                except BaseException:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    return [results[i] for i in sorted(results)]

@@ -97,6 +97,8 @@ def summarize(results: Sequence[dict]) -> list[dict]:
             "seeds": sorted(r["seed"] for r in runs),
             "best_seed": best["seed"],
             "params": best["params"],
+            "state_size": best.get("state_size"),
+            "train_score_lengths": best.get("train_score_lengths"),
             "chance": best["chance"],
             "train_lengths": best["train_lengths"],
             "steps": best["steps"],
@@ -137,6 +139,7 @@ def print_tables(rows: Sequence[dict], console: Console, caption: str = "") -> N
         by_task[row["task"]].append(row)
     for task, task_rows in by_task.items():
         low, high = task_rows[0]["train_lengths"]
+        scored_train = task_rows[0].get("train_score_lengths") or [low, high]
         chance = task_rows[0]["chance"]
         lengths = sorted({int(n) for r in task_rows for n in r["accuracy"] if n != "train"})
         seeds = max(len(r["seeds"]) for r in task_rows)
@@ -148,12 +151,14 @@ def print_tables(rows: Sequence[dict], console: Console, caption: str = "") -> N
             f"{EXTRAPOLATES}" + (f"; cells: best of {seeds} seeds" if seeds > 1 else "")
         )
         table = Table(
-            title=f"{task}: accuracy (scaled accuracy) at training lengths {low}–{high} and at test lengths",
+            title=f"{task}: accuracy (scaled accuracy), trained on lengths {low}–{high}, scored at "
+            f"{', '.join(map(str, scored_train))} (train) and at test lengths",
             caption=notes,
             box=box.SIMPLE_HEAD,
         )
         table.add_column("model", no_wrap=True)
-        for name in ("params", "steps", "time s", f"train {low}–{high}", *map(str, lengths)):
+        train_column = f"train {min(scored_train)}–{max(scored_train)}"
+        for name in ("params", "state", "steps", "time s", train_column, *map(str, lengths)):
             table.add_column(name, justify="right", no_wrap=True)
         table.add_column("score", justify="right", no_wrap=True)
         if seeds > 1:
@@ -162,7 +167,8 @@ def print_tables(rows: Sequence[dict], console: Console, caption: str = "") -> N
         table.add_column("extrap.", justify="center")
         for r in task_rows:
             cells = [
-                r["model"], f"{r['params']:,}", str(r["steps"]), f"{r['train_seconds']:.1f}",
+                r["model"], f"{r['params']:,}", "-" if r.get("state_size") is None else f"{r['state_size']:,}",
+                str(r["steps"]), f"{r['train_seconds']:.1f}",
                 _cell(r["accuracy"]["train"], r["scaled"]["train"]),
                 *(_cell(r["accuracy"][n], r["scaled"][n]) if n in r["accuracy"] else "-" for n in map(str, lengths)),
             ]  # fmt: skip

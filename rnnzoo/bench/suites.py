@@ -8,8 +8,7 @@ Built-in suites (:data:`SUITES`):
 * ``quick`` (the default): parity, train lengths 3–40, tested up to 256, with ``lstm``, ``mamba``, ``mamba``
   with ``negative_eigenvalues=True`` and ``attention`` at equal parameter count: which models extrapolate
   (Grazzi et al. 2024, "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues").
-* ``full``: every task × every registered tier-1 model, at a smaller size and a per-run time budget so
-  the whole grid fits in about an hour on 2 CPU cores.
+* ``full``: every task × every registered tier-1 model, at a smaller size, each run the same number of steps.
 
 A suite file (TOML, or YAML if PyYAML is installed) has the same fields::
 
@@ -81,8 +80,14 @@ class TrainSettings:
     last ``eval_every`` training batches (fresh samples, so an unbiased estimate at training lengths) is
     checked: ``solved_evals`` checks in a row at or above ``solved_accuracy`` stop the run early. After
     training, ``eval_batch_size`` sequences (from ``eval_seed``) are scored at each test length, and at each of
-    ``train_eval_lengths`` lengths spread over the training range. Models have ``n_layers`` blocks with
-    ``mlp`` MLPs of ``mlp_ratio`` (a :class:`ModelSpec` may set its own).
+    ``train_eval_lengths`` lengths where the task is not trivial (the task's ``train_score_lengths``). Models
+    have ``n_layers`` blocks with ``mlp`` MLPs of ``mlp_ratio`` (a :class:`ModelSpec` may set its own).
+
+    ``threads``: torch threads per run (part of the cache key: results on other thread counts differ in the
+    last bits). ``initial_state``: the state each training batch starts from: ``"zero"``; ``"noise"``, every
+    floating tensor of the zero state plus N(0, ``state_noise``²); or ``"carried"``, the previous batch's final
+    state, detached (state passing; Buitrago Ruiz & Gu 2025, "Understanding and Improving Length
+    Generalization in Recurrent Models"). Evaluation always starts from zero.
     """
 
     batch_size: int = 64
@@ -99,6 +104,9 @@ class TrainSettings:
     n_layers: int = 2
     mlp: str = "swiglu"
     mlp_ratio: float = 4.0
+    threads: int = 1
+    initial_state: str = "zero"
+    state_noise: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +207,10 @@ class Suite:
     train: TrainSettings = TrainSettings()
     notes: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        if self.train.initial_state not in INITIAL_STATES:
+            raise SuiteError(f"`initial_state` must be one of {', '.join(INITIAL_STATES)}, got {self.train.initial_state!r}")
+
     def runs(self) -> list[RunConfig]:
         """Every run, task by task, then model, budget and seed."""
         return [
@@ -209,6 +221,10 @@ class Suite:
     def with_seeds(self, n: int) -> Suite:
         """The suite with seeds ``0 .. n-1``."""
         return dataclasses.replace(self, seeds=tuple(range(n)))
+
+    def with_threads(self, n: int) -> Suite:
+        """The suite with ``n`` torch threads per run."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, threads=n))
 
 
 # ----------------------------------------------------------------------------
@@ -247,17 +263,21 @@ def quick_suite() -> Suite:
     )
 
 
+FULL_STEPS = 1000
+FULL_SAFETY_SECONDS = 300
+
+
 def full_suite() -> Suite:
-    """Every task (defaults) × every registered tier-1 model (defaults) at ~30k parameters, each run at most
-    1000 steps and 9 s of training, 64 evaluation sequences per length: with 24 models, 264 runs in 38.8 min
-    on 2 CPU cores (measured end to end, 2026-11-22).
-    A time budget makes results depend on the machine's speed: slow models get fewer steps."""
+    """Every task (defaults) × every registered tier-1 model (defaults) at ~30k parameters, each run
+    ``FULL_STEPS`` training steps (or until solved), 64 evaluation sequences per length. The budget is in steps,
+    so every model gets the same training whatever the machine's load; ``FULL_SAFETY_SECONDS`` only caps a run
+    that is far slower than the rest (its result then says ``stopped: time``)."""
     models, notes = _registered([ModelSpec(name) for name in TIER1])
     return Suite(
         name="full",
         tasks=tuple(TaskSpec(name) for name in list_tasks()),
         models=models,
-        budgets=(Budget(params=30_000, steps=1000, seconds=9),),
+        budgets=(Budget(params=30_000, steps=FULL_STEPS, seconds=FULL_SAFETY_SECONDS),),
         train=TrainSettings(eval_batch_size=64),
         notes=notes,
     )
@@ -303,8 +323,9 @@ _TRAIN_TYPES = {
     "batch_size": int, "lr": (int, float), "weight_decay": (int, float), "warmup_steps": int,
     "grad_clip": (int, float), "eval_every": int, "solved_accuracy": (int, float), "solved_evals": int,
     "eval_batch_size": int, "train_eval_lengths": int, "eval_seed": int, "n_layers": int, "mlp": str,
-    "mlp_ratio": (int, float),
+    "mlp_ratio": (int, float), "threads": int, "initial_state": str, "state_noise": (int, float),
 }  # fmt: skip
+INITIAL_STATES = ("zero", "noise", "carried")
 _NON_NEGATIVE = {"weight_decay", "warmup_steps", "eval_seed"}
 
 
@@ -314,6 +335,10 @@ def _train(data: Any) -> TrainSettings:
         _typed("[train]", k, v, _TRAIN_TYPES[k], positive=k not in _NON_NEGATIVE)
     if "mlp" in data and data["mlp"] not in MLP_KINDS:
         raise SuiteError(f"[train]: `mlp` must be one of {', '.join(MLP_KINDS)}, got {data['mlp']!r}")
+    if "initial_state" in data and data["initial_state"] not in INITIAL_STATES:
+        raise SuiteError(
+            f"[train]: `initial_state` must be one of {', '.join(INITIAL_STATES)}, got {data['initial_state']!r}"
+        )
     if not 0 < data.get("solved_accuracy", 0.5) <= 1:
         raise SuiteError(f"[train]: `solved_accuracy` must lie in (0, 1], got {data['solved_accuracy']!r}")
     return TrainSettings(**data)

@@ -2,7 +2,10 @@
 
 State tracking (``parity``, ``modular_arithmetic``, ``cycle_navigation``, ``even_pairs``), group word problems
 (``s3``, ``a5``, ``s5``), recall (``mqar``) and memory (``copying``, ``selective_copying``, ``induction_heads``).
-Each task's docstring gives its paper, vocabulary layout, lengths, scored positions and chance accuracy.
+Variants are config fields: ``make_task("modular_arithmetic", precedence=False)`` (+ and − only, left to right),
+``make_task("mqar", read_twice=True)`` (the key–value block shown twice). Each task's docstring gives its paper,
+vocabulary layout, lengths, scored positions, chance accuracy and the lengths of its train score
+(:meth:`Task.train_score_lengths`).
 
 >>> import torch
 >>> from rnnzoo.tasks import make_task

@@ -51,6 +51,7 @@ class Task:
 
     ``train_lengths`` ``(min, max)``, inclusive: training draws one length per batch uniformly from it.
     ``test_lengths``: the lengths evaluated after training, longer ones measuring extrapolation.
+    :meth:`train_score_lengths` picks the training lengths at which the "train" accuracy is taken.
     Lists are accepted for both (as a TOML or JSON suite gives them) and stored as tuples.
 
     Subclasses set ``name``, override ``vocab_size``, ``num_classes``, ``_sample`` and, when a sequence needs
@@ -103,6 +104,23 @@ class Task:
     def _length_reason(self) -> str:
         """Why ``min_length`` is what it is, appended to the length error (empty when it is 1)."""
         return ""
+
+    def train_score_lengths(self, count: int) -> list[int]:
+        """The lengths at which accuracy "at training lengths" is taken: ``count`` of them (fewer if the range
+        holds fewer), sorted and distinct, always including the longest training length.
+
+        The default rule spreads them evenly over the upper half of the training range,
+        ``[max(low, high // 2), high]`` for ``train_lengths = (low, high)``: at the shortest lengths a prefix
+        task's labels are mostly its first few, which a model reads off the last tokens (the label at the first
+        number of modular arithmetic is that number), so averaging down to ``low`` credits a model that learned
+        nothing. A single length is ``high``. A task whose labels stay trivial further up overrides this.
+        """
+        check_int(self.name, "count", count)
+        low, high = self.train_lengths
+        low = max(low, high // 2)
+        if count == 1:
+            return [high]
+        return sorted({round(low + (high - low) * i / (count - 1)) for i in range(count)})
 
     def sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
         """A batch of ``batch_size`` sequences of ``length`` tokens, drawn from ``generator`` on its device."""

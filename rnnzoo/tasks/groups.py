@@ -49,7 +49,8 @@ class GroupWordProblem(PrefixTask):
     """Running product of uniform elements of a permutation group (the module docstring gives the order).
 
     Vocabulary and classes: the ``|G|`` element ids. Scored: every position (or the last).
-    Train lengths 4–32, test 32, 64, 128.
+    Train lengths 4–32, test 32, 64, 128; train score over 16–32 (the default rule: the upper half, as the first
+    label is the first token).
     """
 
     degree: ClassVar[int]

@@ -26,7 +26,8 @@ class _Copying(Task):
 
     Vocabulary: ids ``0 … num_symbols-1`` symbols, ``num_symbols`` blank, ``num_symbols+1`` marker. Classes: the
     symbols. Scored: the ``M = num_copied`` markers (the last ``M`` positions). Symbols are uniform, so chance is
-    ``1 / num_symbols``. Train length 40, test 40, 64, 128: the blank stretch ``T - 2M`` grows with ``T``.
+    ``1 / num_symbols``. Train length 40, test 40, 64, 128: the blank stretch ``T - 2M`` grows with ``T``. Train
+    score at 40 (the default rule: the upper half of the training range, here its one length).
     """
 
     selective: ClassVar[bool]
@@ -100,7 +101,7 @@ class InductionHeads(Task):
     The trigger sits at a uniform position ``i ∈ [0, T-3]``, its value at ``i + 1`` (a uniform symbol), the trigger
     again at ``T - 1``; no other position holds the trigger. Vocabulary: ids ``0 … num_symbols-1`` symbols,
     ``num_symbols`` the trigger. Classes: the symbols. Scored: the last position. Chance ``1 / num_symbols``.
-    Train lengths 16–64, test 64, 128, 256, 512.
+    Train lengths 16–64, test 64, 128, 256, 512; train score over 32–64 (the default rule: the upper half).
     """
 
     name: ClassVar[str] = "induction_heads"

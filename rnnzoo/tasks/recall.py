@@ -4,6 +4,10 @@ Arora et al. (2024), "Zoology: Measuring and Improving Recall in Efficient Langu
 fixed-size state must hold every key–value pair it has seen to answer queries in any order; attention can look
 them up. The published grid uses vocabulary 8192 and ``(T, K)`` up to ``(512, 64)``; the default here is the
 CPU-sized one: 128 tokens, ``K = 8`` pairs, trained at ``T = 64`` and tested at 64, 128, 256.
+
+``read_twice=True``: Arora et al. (2024), "Just read twice: closing the recall gap for recurrent language
+models": the key–value block is shown twice before the queries (their JRT-Prompt, repeating the context before
+the questions, which narrows the recall gap of fixed-state models).
 """
 
 from __future__ import annotations
@@ -35,12 +39,18 @@ class MQAR(Task):
 
     Vocabulary: ids ``0 … num_values-1`` values, ``num_values … num_values+num_keys-1`` keys. Classes: the value
     ids. Scored: the ``K`` query positions. Every value is uniform, so chance is ``1 / num_values``.
+
+    ``read_twice=True``: the block is repeated, ``k_1 v_1 … k_K v_K k_1 v_1 … k_K v_K``, and the query stretch is
+    the remaining ``T - 4K`` tokens (gaps from ``0 … (T-4K)/2 - 1``, as above); ``T ≥ 6K``. Labels, vocabulary,
+    classes and chance are unchanged. Train score at 64 (the default rule of
+    :meth:`~rnnzoo.tasks.Task.train_score_lengths`: the upper half of the training range, here its one length).
     """
 
     name: ClassVar[str] = "mqar"
     num_pairs: int = 8
     num_keys: int = 64
     num_values: int = 64
+    read_twice: bool = False
     train_lengths: tuple[int, int] = (64, 64)
     test_lengths: tuple[int, ...] = (64, 128, 256)
 
@@ -48,6 +58,8 @@ class MQAR(Task):
         check_int(self.name, "num_pairs", self.num_pairs)
         check_int(self.name, "num_keys", self.num_keys, minimum=self.num_pairs)
         check_int(self.name, "num_values", self.num_values, minimum=self.num_pairs)
+        if not isinstance(self.read_twice, bool):
+            raise ValueError(f"{self.name}: `read_twice` must be a bool, got {self.read_twice!r}")
         super().__post_init__()
 
     @property
@@ -60,20 +72,25 @@ class MQAR(Task):
 
     @property
     def min_length(self) -> int:
-        return 4 * self.num_pairs
+        return (6 if self.read_twice else 4) * self.num_pairs
 
     def _length_reason(self) -> str:
+        if self.read_twice:
+            return f" (6 * num_pairs: room for {self.num_pairs} key-value pairs twice and their query slots)"
         return f" (4 * num_pairs: room for {self.num_pairs} key-value pairs and their query slots)"
 
     def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
-        device, pairs, context = generator.device, self.num_pairs, 2 * self.num_pairs
+        device, pairs, block = generator.device, self.num_pairs, 2 * self.num_pairs
+        context = 2 * block if self.read_twice else block
 
         def distinct(count: int) -> torch.Tensor:  # (B, K): K distinct uniform ids in [0, count)
             return torch.rand(batch_size, count, generator=generator, device=device).argsort(-1)[:, :pairs]
 
         keys, values = self.num_values + distinct(self.num_keys), distinct(self.num_values)
         tokens = torch.randint(0, self.vocab_size, (batch_size, length), generator=generator, device=device)
-        tokens[:, 0:context:2], tokens[:, 1:context:2] = keys, values
+        tokens[:, 0:block:2], tokens[:, 1:block:2] = keys, values
+        if self.read_twice:
+            tokens[:, block:context] = tokens[:, :block]
         slots = (length - context) // 2
         weights = torch.arange(1, slots + 1, device=device, dtype=torch.float64) ** (POWER_A - 1)
         gaps = torch.multinomial(weights.expand(batch_size, slots), pairs, replacement=False, generator=generator)

@@ -1,0 +1,218 @@
+"""The shipped claims, from the papers in the project's seed list and their published task definitions.
+
+Thresholds are fixed from each paper's own figures before anything is run, never fitted to what rnnzoo
+measures: a model **succeeds** on a length-generalisation claim when its extrapolation score (mean scaled
+accuracy beyond the training lengths) is at least 0.9, the bench's "extrapolates" mark; it **fails** below the
+level the paper reports for the failing models (each claim says which). ``quick_budget`` is what
+``rnnzoo claims run --quick`` trains (one seed in about half an hour on 2 cores); ``budget`` is longer, closer
+to the papers' regimes, for a machine with time to spare.
+"""
+
+from __future__ import annotations
+
+from ..bench.suites import Budget, ModelSpec, TaskSpec, TrainSettings
+from .claim import Arm, Claim
+from .rules import AllOf, AnyOf, At, Beats, Ranking, Transition
+
+__all__ = ["CLAIMS", "claim_names", "get_claims"]
+
+SUCCESS = 0.9  # extrapolation score of a model that solves and extrapolates (the bench's "extrapolates" mark)
+
+
+def _neg(name: str, label: str, **kwargs) -> ModelSpec:
+    return ModelSpec(name, {"negative_eigenvalues": True, **kwargs}, label=f"{label} [-1,1]")
+
+
+def _pos(name: str, label: str, **kwargs) -> ModelSpec:
+    return ModelSpec(name, dict(kwargs), label=f"{label} [0,1]")
+
+
+def _arms(task: TaskSpec, models: list[ModelSpec]) -> tuple[Arm, ...]:
+    return tuple(Arm(m.label, task, m) for m in models)
+
+
+PARITY = TaskSpec("parity")  # train 3–40, test 40, 64, 128, 256 (Grazzi et al.)
+
+
+def negative_eigenvalues_parity() -> Claim:
+    models = [_pos("mamba", "mamba"), _neg("mamba", "mamba"), _pos("deltanet", "deltanet"), _neg("deltanet", "deltanet")]
+    return Claim(
+        name="neg-eig-parity",
+        paper="Grazzi et al. 2025 (ICLR), Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues",
+        statement="Linear RNNs with transition eigenvalues in [0, 1] cannot solve parity; with [-1, 1], Mamba and "
+        "DeltaNet solve it and extrapolate.",
+        expected="[-1,1] score ≥ 0.9 for mamba and deltanet; [0,1] score ≤ 0.5 (paper: 0.00 and 0.02)",
+        arms=_arms(PARITY, models),
+        rule=AllOf((
+            At("mamba [-1,1]", "score", ">=", SUCCESS), At("deltanet [-1,1]", "score", ">=", SUCCESS),
+            At("mamba [0,1]", "score", "<=", 0.5), At("deltanet [0,1]", "score", "<=", 0.5),
+        )),  # fmt: skip
+        budget=Budget(params=40_000, steps=3000),
+        quick_budget=Budget(params=30_000, steps=800),
+    )
+
+
+def negative_eigenvalues_modular() -> Claim:
+    task = TaskSpec("modular_arithmetic", {"precedence": False})
+    models = [_pos("deltanet", "deltanet"), _neg("deltanet", "deltanet"), _pos("mamba", "mamba"), _neg("mamba", "mamba")]
+    return Claim(
+        name="neg-eig-modular",
+        paper="Grazzi et al. 2025 (ICLR), Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues",
+        statement="On modular arithmetic without precedence (+ and − mod 5), DeltaNet with eigenvalues in [-1, 1] "
+        "solves and extrapolates, DeltaNet with [0, 1] does not, and diagonal Mamba does not with either range.",
+        expected="deltanet [-1,1] score ≥ 0.9; deltanet [0,1] and both mamba ≤ 0.5 (paper: 0.97; 0.31, 0.10, 0.24)",
+        arms=_arms(task, models),
+        rule=AllOf((
+            At("deltanet [-1,1]", "score", ">=", SUCCESS), At("deltanet [0,1]", "score", "<=", 0.5),
+            At("mamba [0,1]", "score", "<=", 0.5), At("mamba [-1,1]", "score", "<=", 0.5),
+        )),  # fmt: skip
+        budget=Budget(params=40_000, steps=5000),
+        quick_budget=Budget(params=30_000, steps=1500),
+    )
+
+
+def deltaproduct_s3() -> Claim:
+    task = TaskSpec("s3")  # train 4–32, test 32, 64, 128
+    models = [
+        ModelSpec("deltanet", {"negative_eigenvalues": True}, label="deltanet [-1,1]", n_layers=1),
+        ModelSpec("deltaproduct", {"negative_eigenvalues": True, "num_householder": 2}, label="deltaproduct n_h=2 [-1,1]",
+                  n_layers=1),
+    ]  # fmt: skip
+    return Claim(
+        name="deltaproduct-s3",
+        paper="Siems et al. 2025, DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products",
+        statement="With one layer, DeltaProduct with n_h = 2 Householder steps per token and negative eigenvalues "
+        "beats DeltaNet (n_h = 1) on S3 in sequence accuracy, at the training lengths and beyond.",
+        expected="deltaproduct n_h=2 sequence accuracy ≥ deltanet's + 0.1, at training and test lengths",
+        arms=_arms(task, models),
+        rule=AllOf((
+            Beats("deltaproduct n_h=2 [-1,1]", "deltanet [-1,1]", "sequence_train", 0.1),
+            Beats("deltaproduct n_h=2 [-1,1]", "deltanet [-1,1]", "sequence_test", 0.1),
+        )),  # fmt: skip
+        budget=Budget(params=40_000, steps=5000),
+        quick_budget=Budget(params=30_000, steps=1500),
+    )
+
+
+def zoology_mqar() -> Claim:
+    task = TaskSpec("mqar")
+    names = ["attention", "deltanet", "gla", "mamba2", "mamba", "hawk"]
+    return Claim(
+        name="zoology-mqar",
+        paper="Arora et al. 2024 (ICLR), Zoology: Measuring and Improving Recall in Efficient Language Models",
+        statement="On multi-query associative recall at equal recurrent state size, attention > the delta rule > "
+        "gated linear attention (GLA, Mamba-2) > diagonal recurrences (Mamba, Hawk).",
+        expected="MQAR accuracy (scaled) ordered attention > deltanet > {gla, mamba2} > {mamba, hawk}",
+        arms=tuple(Arm(n, task, ModelSpec(n)) for n in names),
+        rule=Ranking((("attention",), ("deltanet",), ("gla", "mamba2"), ("mamba", "hawk")), "train"),
+        budget=Budget(params=60_000, steps=4000),
+        quick_budget=Budget(params=40_000, steps=1200),
+    )
+
+
+def chomsky_attention() -> Claim:
+    tasks = {"parity": PARITY, "cycle": TaskSpec("cycle_navigation")}
+    arms = tuple(Arm(f"{m} / {t}", task, ModelSpec(m)) for t, task in tasks.items() for m in ("lstm", "attention"))
+    return Claim(
+        name="chomsky-attention",
+        paper="Delétang et al. 2023 (ICLR), Neural Networks and the Chomsky Hierarchy",
+        statement="Softmax attention fails to extrapolate on parity and cycle navigation, where an LSTM succeeds.",
+        expected="lstm score ≥ 0.9 on both; attention < 0.9 on both (paper: 0.04 and 0.52 scaled)",
+        arms=arms,
+        rule=AllOf((
+            At("lstm / parity", "score", ">=", SUCCESS), At("lstm / cycle", "score", ">=", SUCCESS),
+            At("attention / parity", "score", "<", SUCCESS), At("attention / cycle", "score", "<", SUCCESS),
+        )),  # fmt: skip
+        budget=Budget(params=40_000, steps=3000),
+        quick_budget=Budget(params=30_000, steps=1000),
+    )
+
+
+def just_read_twice() -> Claim:
+    # the same query stretch (32 tokens after the pairs) in both: 64 tokens once, 80 with the block repeated
+    once = TaskSpec("mqar", {"train_lengths": [64, 64], "test_lengths": [64]})
+    twice = TaskSpec("mqar", {"read_twice": True, "train_lengths": [80, 80], "test_lengths": [80]})
+    arms = tuple(
+        Arm(f"{m} {label}", task, ModelSpec(m)) for m in ("gla", "mamba2") for label, task in (("once", once), ("twice", twice))
+    )  # fmt: skip
+    return Claim(
+        name="just-read-twice",
+        paper="Arora et al. 2024, Just read twice: closing the recall gap for recurrent language models",
+        statement="Repeating the key-value block before the queries raises a recurrent model's MQAR accuracy at a "
+        "fixed state size.",
+        expected="read twice ≥ read once + 0.05 (scaled MQAR accuracy) for gla and mamba2",
+        arms=arms,
+        rule=AllOf((Beats("gla twice", "gla once", "train", 0.05), Beats("mamba2 twice", "mamba2 once", "train", 0.05))),
+        budget=Budget(params=40_000, steps=4000),
+        quick_budget=Budget(params=30_000, steps=1200),
+        # the claim lives where the state is too small for every pair: "learned" is half-way above chance
+        learned_at=0.5,
+    )
+
+
+def state_passing() -> Claim:
+    task = TaskSpec("induction_heads")
+    model = ModelSpec("mamba2")
+    arms = (
+        Arm("zero", task, model),
+        Arm("noise", task, model, train={"initial_state": "noise"}),
+        Arm("carried", task, model, train={"initial_state": "carried"}),
+    )
+    return Claim(
+        name="state-passing",
+        paper="Buitrago Ruiz & Gu 2025 (ICML), Understanding and Improving Length Generalization in Recurrent Models",
+        statement="A recurrent model trained from zero states that fails beyond its training lengths extrapolates "
+        "when trained from carried (state passing) or noisy initial states.",
+        expected="zero-state training score < 0.9; noisy or carried initial states score ≥ 0.9",
+        arms=arms,
+        rule=AllOf((At("zero", "score", "<", SUCCESS),
+                    AnyOf((At("carried", "score", ">=", SUCCESS), At("noise", "score", ">=", SUCCESS))))),
+        budget=Budget(params=40_000, steps=4000),
+        quick_budget=Budget(params=30_000, steps=1500),
+    )
+
+
+STREAMING_LENGTHS = (2, 3, 4, 6, 8, 12, 16)
+
+
+def streaming_parity() -> Claim:
+    arms = tuple(
+        Arm(f"train ≤ {n}", TaskSpec("parity", {"train_lengths": [1, n], "test_lengths": [64, 128, 256]}),
+            ModelSpec("elman"))
+        for n in STREAMING_LENGTHS
+    )  # fmt: skip
+    return Claim(
+        name="streaming-parity",
+        paper="Algorithm Development in Neural Networks: Insights from the Streaming Parity Task",
+        statement="An RNN trained on streaming parity jumps to perfect accuracy at all lengths once its training "
+        "sequences pass a threshold length.",
+        expected="score ≤ 0.5 below some training length, ≥ 0.9 at it and every longer one",
+        arms=arms,
+        rule=Transition(tuple(a.id for a in arms), "score", 0.5, SUCCESS),
+        budget=Budget(params=30_000, steps=3000),
+        quick_budget=Budget(params=20_000, steps=1000),
+        train=TrainSettings(solved_evals=10**6),  # fixed steps: stopping when the short lengths fit would end early
+    )
+
+
+CLAIMS = {
+    c.name: c
+    for c in (
+        negative_eigenvalues_parity(), negative_eigenvalues_modular(), deltaproduct_s3(), zoology_mqar(),
+        chomsky_attention(), just_read_twice(), state_passing(), streaming_parity(),
+    )
+}  # fmt: skip
+
+
+def claim_names() -> list[str]:
+    return list(CLAIMS)
+
+
+def get_claims(names: list[str] | None = None) -> list[Claim]:
+    """The named claims (all if none), in catalogue order; a ValueError lists the valid names."""
+    if not names:
+        return list(CLAIMS.values())
+    unknown = [n for n in names if n not in CLAIMS]
+    if unknown:
+        raise ValueError(f"unknown claim(s) {', '.join(unknown)}; valid claims: {', '.join(CLAIMS)}")
+    return [CLAIMS[n] for n in dict.fromkeys(names)]
