@@ -10,6 +10,7 @@ import torch
 
 from rnnzoo.bench import capability, report, suites
 from rnnzoo.cli import main
+from rnnzoo.models import SequenceModel, state_size
 
 TINY_HEAD = """
 name = "tiny"
@@ -281,3 +282,22 @@ def test_a_failing_run_is_reported_not_cached_and_exits_1(tmp_path, capsys, monk
     assert "error RuntimeError: shape [1, 2] is wrong" in out and "1 run(s) failed" in out
     assert [p.name.split("_")[1] for p in (tmp_path / "out" / "runs").iterdir()] == ["mamba-neg"]
     assert [r["model"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["runs"]] == ["mamba (neg)"]
+
+
+def test_budgets_size_to_params_or_to_state():
+    task = suites.TaskSpec("mqar")
+    for name in ("attention", "gla", "mamba"):
+        run = suites.RunConfig(task, suites.ModelSpec(name), suites.Budget(params=30_000), 0, suites.TrainSettings())
+        model = SequenceModel(**run.model_config(task.make()))
+        assert abs(model.num_parameters() / 30_000 - 1) <= 0.03
+    states = {}
+    for name in ("gla", "mamba"):
+        budget = suites.Budget(params=30_000, match="state", state=4096)
+        run = suites.RunConfig(task, suites.ModelSpec(name), budget, 0, suites.TrainSettings())
+        states[name] = state_size(SequenceModel(**run.model_config(task.make())))
+    assert all(abs(s / 4096 - 1) < 0.35 for s in states.values()), states  # d_model steps: see test_sizing
+    with pytest.raises(suites.SuiteError, match="`state`"):
+        suites.Budget(match="state")
+    with pytest.raises(suites.SuiteError, match="budgets\\[0\\]: `match`"):
+        suites.suite_from_dict({"tasks": [{"name": "parity"}], "models": [{"name": "gla"}],
+                                "budgets": [{"steps": 5, "match": "flops"}]})  # fmt: skip

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnzoo.ops.delta_rule import _unit_lower_inverse, delta_rule, delta_rule_reference
+from rnnzoo.ops.delta_rule import _unit_lower_inverse, default_chunk_size, delta_rule, delta_rule_reference
 
 
 def make_inputs(batch, heads, length, d_k, d_v, beta_max=1.0, gated=True, decay=1.0, h0=True, seed=0, dtype=torch.float64):
@@ -172,3 +172,24 @@ def test_unit_lower_inverse(size, beta_max):
     system = beta * (k @ k.mT)  # symmetric: the upper triangle and diagonal are not zero
     want = torch.linalg.inv(torch.eye(size, dtype=torch.float64) + system.tril(-1))
     torch.testing.assert_close(_unit_lower_inverse(system.clone()), want, rtol=1e-12, atol=1e-12)
+
+
+def test_default_chunk_size_from_length_and_head_dims():
+    """d = 64 keeps C = 64 (the speed bar's shape); thin heads take 16; short inputs are padded the least."""
+    assert [default_chunk_size(t) for t in (1, 16, 64, 1000, 1024, 65536)] == [16, 16, 64, 64, 64, 64]
+    assert default_chunk_size(40, 9, 9) == default_chunk_size(80, 7, 14) == default_chunk_size(4096, 8, 16) == 16
+    assert default_chunk_size(40, 64, 64) == 16  # 48 steps at C = 16, 64 at C = 32 or 64
+    assert default_chunk_size(4096, 32, 32) == 32
+
+
+@pytest.mark.parametrize("length", [1, 40, 80])
+@pytest.mark.parametrize("gated", [True, False])
+def test_automatic_chunk_is_the_explicit_one(length, gated):
+    """The chunk chosen from the shapes (T not a multiple of it included) gives what that chunk given
+    explicitly gives, and the reference loop's outputs, final state and gradients."""
+    inputs = make_inputs(2, 3, length, 9, 7, beta_max=2.0, gated=gated, seed=length)
+    chunk = default_chunk_size(length, 9, 7)
+    auto, explicit = outputs_and_grads(delta_rule, inputs), outputs_and_grads(delta_rule, inputs, chunk_size=chunk)
+    for x, y in zip(auto, explicit):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert_chunk_matches_reference(inputs)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnzoo.ops import gated_linear_attention, gated_linear_attention_reference
-from rnnzoo.ops.gated_linear_attention import gla_operator
+from rnnzoo.ops.gated_linear_attention import default_chunk_size, gla_operator, least_padding_chunk
 
 DECAYS = ["none", "constant", "scalar", "per_key"]
 
@@ -213,3 +213,34 @@ def test_bad_inputs():
         fn(q.long(), q, v)
     with pytest.raises(ValueError, match="`chunk_size` must be a positive int"):
         fn(q, q, v, chunk_size=0)
+
+
+def test_least_padding_chunk():
+    """The largest power of two within 1/8 of the least padding: one chunk when T fits, else the smallest
+    that pads little."""
+    assert [least_padding_chunk(t, 64) for t in (1, 16, 17, 40, 64, 80, 100, 128, 1000, 2048)] == [
+        16, 16, 32, 16, 64, 16, 16, 64, 64, 64,
+    ]  # fmt: skip
+    assert least_padding_chunk(2048, 128) == 128 and least_padding_chunk(40, 16) == 16
+
+
+def test_default_chunk_size_from_length_and_head_dims():
+    """d = 64 keeps the chunks of the speed bar's shape (128 per key, 64 otherwise); thin heads take 16."""
+    assert default_chunk_size(2048, True) == default_chunk_size(2048, True, 64, 64) == 128
+    assert default_chunk_size(2048) == default_chunk_size(2048, False, 64, 64) == 64
+    assert default_chunk_size(40, True, 4, 8) == default_chunk_size(40, False, 8, 16) == 16
+    assert default_chunk_size(4096, True, 4, 8) == 16 and default_chunk_size(4096, False, 9, 10) == 32
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize("length", [1, 40])
+def test_automatic_chunk_is_the_explicit_one(decay, length):
+    """The chunk chosen from the shapes gives what that chunk given explicitly gives (T = 40 pads to 48),
+    and the reference loop's outputs, final state and gradients."""
+    inputs = make_inputs(2, 3, length, 4, 8, decay, sign=decay != "none", seed=length)
+    chunk = default_chunk_size(length, decay == "per_key", 4, 8)
+    auto = run_with_grads(gated_linear_attention, *inputs)
+    explicit = run_with_grads(gated_linear_attention, *inputs, chunk_size=chunk)
+    for x, y in zip(auto, explicit):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert_chunk_matches_reference(inputs)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnzoo
+from rnnzoo.ops.gated_linear_attention import default_chunk_size
 from rnnzoo.ops.mlstm import mlstm_chunkwise, mlstm_operator, mlstm_reference
 
 
@@ -122,3 +123,17 @@ def test_bad_arguments():
         mlstm_reference(q, q, q, torch.ones(1, 2, 5), torch.zeros(1, 2, 5))
     with pytest.raises(ValueError, match="`state` must be"):
         mlstm_chunkwise(q, q, q, torch.zeros(1, 2, 5), torch.zeros(1, 2, 5), (torch.zeros(1, 2, 3, 3),) * 3)
+
+
+@pytest.mark.parametrize("length", [1, 40])
+def test_automatic_chunk_is_the_explicit_one(length):
+    """The default chunk is engine 3's choice for a scalar decay (16 at T = 40 with thin heads, so
+    T is padded to 48); it gives what that chunk given explicitly gives, and the loop's results."""
+    tensors, state = inputs(2, 3, length, 6, 5, 1.0, length, True)
+    chunk = min(default_chunk_size(length, False, 6, 6), length)
+    auto = outputs_and_grads(mlstm_chunkwise, tensors, state)
+    explicit = outputs_and_grads(mlstm_chunkwise, tensors, state, chunk_size=chunk)
+    for x, y in zip(auto, explicit):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    for x, y in zip(auto, outputs_and_grads(mlstm_reference, tensors, state)):
+        torch.testing.assert_close(x, y)

@@ -164,3 +164,26 @@ def test_train_score_lengths_examples(name, config, count, expected):
 def test_bad_variant_arguments_give_a_clear_error(call, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         call()
+
+
+@pytest.mark.parametrize("window, length", [(1, 1), (3, 3), (3, 10), (4, 17)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_window_parity_labels_the_parity_of_the_last_window(window, length, seed):
+    task = make_task("window_parity", window=window)
+    batch = task.sample(5, length, torch.Generator().manual_seed(seed))
+    for row in range(5):
+        bits = batch.inputs[row].tolist()
+        for t in range(length):
+            scored = t >= window - 1
+            assert bool(batch.mask[row, t]) == scored
+            if scored:
+                assert batch.targets[row, t] == sum(bits[t - window + 1 : t + 1]) % 2
+    sparse = make_task("window_parity", window=window, dense=False).sample(2, length, torch.Generator())
+    assert sparse.mask.sum(1).tolist() == [1, 1] and sparse.mask[:, -1].all()
+
+
+def test_window_parity_bad_arguments():
+    with pytest.raises(ValueError, match="`window`"):
+        make_task("window_parity", window=0)
+    with pytest.raises(ValueError, match="train_lengths\\[0\\].*window"):
+        make_task("window_parity", window=5, train_lengths=[3, 8])

@@ -13,7 +13,7 @@ from rnnzoo.tasks.base import compose_prefix
 
 NAMES = [
     "parity", "modular_arithmetic", "cycle_navigation", "even_pairs", "s3", "a5", "s5",
-    "mqar", "copying", "selective_copying", "induction_heads",
+    "mqar", "copying", "selective_copying", "induction_heads", "window_parity",
 ]
 
 
@@ -184,7 +184,7 @@ def test_every_length_samples_in_range(name, device):
 CHANCE = {
     "parity": 1 / 2, "modular_arithmetic": 1 / 5, "cycle_navigation": 1 / 5, "even_pairs": 1 / 2, "s3": 1 / 6,
     "a5": 1 / 60, "s5": 1 / 120, "mqar": 1 / 64, "copying": 1 / 10, "selective_copying": 1 / 10,
-    "induction_heads": 1 / 16,
+    "induction_heads": 1 / 16, "window_parity": 1 / 2,
 }
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..layers.base import RecurrentState
-from ..models import SequenceModel
+from ..models import SequenceModel, state_size
 from .suites import RunConfig, Suite
 
 __all__ = [
@@ -224,7 +224,7 @@ def _train_run(run: RunConfig, settings, budget, on_progress) -> dict:
         "model": run.model.display,
         "seed": run.seed,
         "params": model.num_parameters(),
-        "state_size": _state_size(model, high),
+        "state_size": state_size(model, length=high),
         "d_model": model_config["d_model"],
         "chance": chance,
         "train_lengths": list(task.train_lengths),
@@ -250,18 +250,6 @@ def _train_run(run: RunConfig, settings, budget, on_progress) -> dict:
         },
         "history": history,
     }
-
-
-def _state_size(model: SequenceModel, length: int) -> int:
-    """Floats in the model's recurrent state for one sequence after ``length`` tokens (complex counts twice)."""
-    with torch.no_grad():
-        _, states = model(torch.zeros(1, length, dtype=torch.long))
-    total = 0
-    for state in states:
-        for t in state.tensors().values():
-            if t.is_floating_point() or t.is_complex():
-                total += t.numel() * (2 if t.is_complex() else 1)
-    return total
 
 
 # ----------------------------------------------------------------------------

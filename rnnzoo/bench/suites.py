@@ -20,7 +20,8 @@ A suite file (TOML, or YAML if PyYAML is installed) has the same fields::
     lr = 1e-3
 
     [[budgets]]                  # optional, repeatable: each budget runs the whole grid
-    params = 50_000              # parameter count every model is sized to (see size_d_model)
+    params = 50_000              # parameter count every model is sized to, within 3% (see size_model)
+    # match = "state"            # or: every model sized to a recurrent state of `state` floats
     steps = 2000                 # and/or
     seconds = 60
 
@@ -46,8 +47,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..models import SequenceModel, size_d_model
-from ..models.sequence_model import MLP_KINDS
+from ..models import SequenceModel, size_model
+from ..models.sequence_model import MATCHES, MLP_KINDS
 from ..registry import list_models
 from ..tasks import list_tasks, make_task
 
@@ -111,11 +112,22 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class Budget:
-    """A run's size and length: ``params`` (every model sized to it) and a step and/or time (seconds) limit."""
+    """A run's size and length: a step limit (and optionally a time limit in seconds, a safety cap), and how
+    models are sized: ``match="params"``, every model to ``params`` parameters (within 3%, by ``size_model``), or
+    ``match="state"``, every model to a recurrent state of ``state`` floats (its parameters then follow; the
+    control of Zoology, Arora et al. 2024)."""
 
     params: int = 40_000
     steps: int | None = 1000
     seconds: float | None = None
+    match: str = "params"
+    state: int | None = None
+
+    def __post_init__(self):
+        if self.match not in MATCHES:
+            raise SuiteError(f"budget: `match` must be one of {', '.join(MATCHES)}, got {self.match!r}")
+        if self.match == "state" and (not isinstance(self.state, int) or isinstance(self.state, bool) or self.state < 1):
+            raise SuiteError(f"budget: match = \"state\" needs `state`, a number of floats >= 1, got {self.state!r}")
 
 
 @dataclass(frozen=True)
@@ -162,7 +174,9 @@ class RunConfig:
     train: TrainSettings
 
     def model_config(self, task) -> dict:
-        """``SequenceModel`` keywords for ``task``, with ``d_model`` sized to the budget unless fixed."""
+        """``SequenceModel`` keywords for ``task``, sized to the budget (``d_model`` and the MLP width, or
+        ``d_model`` alone to match a state size; attention's state counted at the longest training length)
+        unless the model fixes ``d_model``."""
         config = dict(
             vocab_size=task.vocab_size,
             num_classes=task.num_classes,
@@ -172,8 +186,11 @@ class RunConfig:
             mlp=self.model.mlp or self.train.mlp,
             mlp_ratio=self.model.mlp_ratio or self.train.mlp_ratio,
         )
-        d_model = self.model.d_model or size_d_model(self.budget.params, **config)
-        return {**config, "d_model": d_model}
+        if self.model.d_model:
+            return {**config, "d_model": self.model.d_model}
+        if self.budget.match == "state":
+            return {**config, **size_model(self.budget.state, match="state", length=task.train_lengths[1], **config)}
+        return {**config, **size_model(self.budget.params, **config)}
 
     def describe(self) -> dict:
         """Everything the result depends on, as JSON-able data: the task's full config (defaults included),
@@ -349,10 +366,15 @@ def _budget(i: int, data: Any, default: Budget) -> Budget:
     data = _check_keys(where, data, _fields(Budget))
     if "params" in data:
         _typed(where, "params", data["params"], int)
+    if data.get("state") is not None:
+        _typed(where, "state", data["state"], int)
     for k in ("steps", "seconds"):
         if data.get(k) is not None:
             _typed(where, k, data[k], int if k == "steps" else (int, float))
-    budget = dataclasses.replace(default, **data)
+    try:
+        budget = dataclasses.replace(default, **data)
+    except SuiteError as e:
+        raise SuiteError(f"{where}: {str(e).removeprefix('budget: ')}") from None
     if budget.steps is None and budget.seconds is None:
         raise SuiteError(f"{where}: give `steps` or `seconds` (or both): a run needs a limit")
     return budget

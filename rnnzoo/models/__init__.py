@@ -1,6 +1,7 @@
 """Models built from the layers: :class:`SequenceModel`, a token-level causal LM or per-position classifier
-around any registered layer, and :func:`size_d_model` to compare models at equal parameter count."""
+around any registered layer; :func:`size_model` to compare models at equal parameter count (within 3%) or equal
+recurrent state size, :func:`state_size` to count that state, and :func:`size_d_model` (``d_model`` only)."""
 
-from .sequence_model import MLP, Block, SequenceModel, size_d_model
+from .sequence_model import MLP, Block, SequenceModel, size_d_model, size_model, state_size
 
-__all__ = ["MLP", "Block", "SequenceModel", "size_d_model"]
+__all__ = ["MLP", "Block", "SequenceModel", "size_d_model", "size_model", "state_size"]

@@ -14,12 +14,15 @@ or one token at a time with :meth:`SequenceModel.step`, all giving the same logi
 >>> logits, state = model(torch.randint(16, (2, 10)))          # (2, 10, 16)
 >>> logits_t, state = model.step(torch.randint(16, (2,)), state)
 >>> size_d_model(100_000, vocab_size=16, mixer="mamba")        # the d_model of a ~100k-parameter model
+>>> size_model(100_000, vocab_size=16, mixer="gla")              # {"d_model": ..., "mlp_hidden": ...}: 100k ± 3%
+>>> state_size(dict(vocab_size=16, mixer="gla", d_model=64))     # floats in its recurrent state (batch 1)
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +32,10 @@ from .._checks import check_int
 from ..layers.base import RecurrentState
 from ..registry import create, model_info
 
-__all__ = ["MLP", "MLP_KINDS", "Block", "SequenceModel", "size_d_model"]
+__all__ = [
+    "MLP", "MLP_KINDS", "MATCHES", "PARAM_TOLERANCE", "Block", "SequenceModel", "size_d_model", "size_model",
+    "state_size",
+]  # fmt: skip
 
 MLP_KINDS = ("swiglu", "gelu", "none")
 
@@ -37,19 +43,25 @@ MLP_KINDS = ("swiglu", "gelu", "none")
 class MLP(nn.Module):
     """The channel mixer: ``W_2 GELU(W_1 x)`` (``"gelu"``, hidden ``mlp_ratio · d``) or
     ``W_2 (SiLU(W_1 x) ⊙ W_3 x)`` (``"swiglu"``, Shazeer 2020; hidden ``2/3 · mlp_ratio · d`` so both
-    kinds have about the same parameter count). Works on any leading shape."""
+    kinds have about the same parameter count). Works on any leading shape.
 
-    def __init__(self, d_model: int, kind: str = "swiglu", mlp_ratio: float = 4.0) -> None:
+    ``d_hidden``, when given, is the hidden width itself and ``mlp_ratio`` is ignored (the fine knob
+    :func:`size_model` turns to hit a parameter budget)."""
+
+    def __init__(self, d_model: int, kind: str = "swiglu", mlp_ratio: float = 4.0, d_hidden: int | None = None) -> None:
         super().__init__()
         self.kind = kind
+        if d_hidden is not None:
+            d_hidden = check_int("MLP", "d_hidden", d_hidden)
         if kind == "swiglu":
-            d_hidden = max(1, round(2 / 3 * mlp_ratio * d_model))
+            d_hidden = d_hidden or max(1, round(2 / 3 * mlp_ratio * d_model))
             self.w_in = nn.Linear(d_model, 2 * d_hidden, bias=False)
             self.w_out = nn.Linear(d_hidden, d_model, bias=False)
         else:
-            d_hidden = max(1, round(mlp_ratio * d_model))
+            d_hidden = d_hidden or max(1, round(mlp_ratio * d_model))
             self.w_in = nn.Linear(d_model, d_hidden)
             self.w_out = nn.Linear(d_hidden, d_model)
+        self.d_hidden = d_hidden
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kind == "swiglu":
@@ -61,12 +73,14 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """``x + mixer(RMSNorm(x))``, then ``x + MLP(RMSNorm(x))`` (no MLP with ``mlp="none"``)."""
 
-    def __init__(self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float) -> None:
+    def __init__(
+        self, d_model: int, mixer: nn.Module, mlp: str, mlp_ratio: float, mlp_hidden: int | None = None
+    ) -> None:
         super().__init__()
         self.mixer_norm = nn.RMSNorm(d_model)
         self.mixer = mixer
         self.mlp_norm = nn.RMSNorm(d_model) if mlp != "none" else None
-        self.mlp = MLP(d_model, mlp, mlp_ratio) if mlp != "none" else None
+        self.mlp = MLP(d_model, mlp, mlp_ratio, mlp_hidden) if mlp != "none" else None
 
     def _mlp(self, x: Tensor) -> Tensor:
         return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
@@ -93,6 +107,9 @@ class SequenceModel(nn.Module):
     for layer ``l = 0..n_layers-1`` (the HGRN paper's learned bounds ``cumsum(softmax(Γ)) - softmax(Γ)_0``
     at their zero initialisation, kept fixed here). Embedding and head are not tied.
 
+    ``mlp_hidden`` fixes the MLPs' hidden width (default: from ``mlp_ratio``, see :class:`MLP`); it is
+    the fine knob with which :func:`size_model` lands on a parameter budget.
+
     The state is a list of the mixers' states, one per block.
     """
 
@@ -107,6 +124,7 @@ class SequenceModel(nn.Module):
         mixer_kwargs: dict | None = None,
         mlp: str = "swiglu",
         mlp_ratio: float = 4.0,
+        mlp_hidden: int | None = None,
     ) -> None:
         super().__init__()
         where = "SequenceModel"
@@ -118,6 +136,11 @@ class SequenceModel(nn.Module):
             raise ValueError(f"{where}: `mlp` must be one of {MLP_KINDS}, got {mlp!r}")
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
             raise ValueError(f"{where}: `mlp_ratio` must be a number > 0, got {mlp_ratio!r}")
+        if mlp_hidden is not None:
+            check_int(where, "mlp_hidden", mlp_hidden)
+            if mlp == "none":
+                raise ValueError(f"{where}: `mlp_hidden` needs an MLP, but mlp='none'")
+        self.mlp_hidden = mlp_hidden
         try:
             layer_cls = model_info(mixer).cls
         except ValueError as e:
@@ -132,7 +155,7 @@ class SequenceModel(nn.Module):
             return create(mixer, d_model, **mixer_kwargs, **bound)
 
         self.embedding = nn.Embedding(vocab_size, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp, mlp_ratio) for i in range(n_layers))
+        self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp, mlp_ratio, mlp_hidden) for i in range(n_layers))
         self.norm = nn.RMSNorm(d_model)
         self.head = nn.Linear(d_model, self.num_classes, bias=False)
 
@@ -251,20 +274,73 @@ def _sample(logits: Tensor, temperature: float, top_k: int | None, generator: to
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
-def _count(d_model: int, model_config: dict) -> int | None:
-    """Parameters of the model at ``d_model`` (built on the meta device where the layers allow it, so no memory
-    is touched), or ``None`` if the layer rejects this ``d_model`` (e.g. not a multiple of its heads)."""
+def _build(d_model: int, model_config: dict) -> SequenceModel | None:
+    """The model at ``d_model``, built on the meta device where the layers allow it (no memory touched; else on
+    the CPU), or ``None`` if the layer rejects this ``d_model`` (e.g. not a multiple of its heads)."""
     try:
         try:
             with torch.device("meta"):
-                return SequenceModel(d_model=d_model, **model_config).num_parameters()
+                return SequenceModel(d_model=d_model, **model_config)
         except (RuntimeError, NotImplementedError):  # a layer reading a tensor's value at construction
-            return SequenceModel(d_model=d_model, **model_config).num_parameters()
+            return SequenceModel(d_model=d_model, **model_config)
     except ValueError:
         return None
 
 
+def _count(d_model: int, model_config: dict) -> int | None:
+    """Parameters of the model at ``d_model`` (see :func:`_build`), ``None`` if the layer rejects ``d_model``."""
+    model = _build(d_model, model_config)
+    return None if model is None else model.num_parameters()
+
+
 MAX_GAP = 256  # size_d_model gives up if no d_model in this many consecutive values builds
+
+
+def _closest_d_model(
+    target: int, measure: Callable[[int], int | None], max_d_model: int, model_config: dict, where: str
+) -> tuple[int, int, bool]:
+    """The accepted ``d_model`` in ``[1, max_d_model]`` whose ``measure`` (non-decreasing in ``d_model``; ``None``
+    where the mixer rejects that ``d_model``) is closest to ``target``, ties to the smaller; returns it, its
+    measure, and whether accepted values on both sides of ``target`` were found (else the target is out of range).
+
+    Doubling finds an upper bound, bisection the first accepted ``d_model`` at or over target, which is
+    compared with the accepted one below it. If the mixer accepts none of ``MAX_GAP`` consecutive values, the
+    ``ValueError`` it raises is passed on.
+    """
+    values: dict[int, int | None] = {}
+
+    def accepted_from(d: int, direction: int = 1) -> tuple[int, int] | None:
+        """The first accepted ``d_model`` from ``d`` on (``direction=-1``: downwards) and its measure."""
+        for candidate in range(d, d + direction * MAX_GAP, direction):
+            if not 1 <= candidate <= max_d_model:
+                return None
+            if candidate not in values:
+                values[candidate] = measure(candidate)
+            if values[candidate] is not None:
+                return candidate, values[candidate]
+        if direction == 1:
+            SequenceModel(d_model=d, **model_config)  # raises the mixer's error
+        return None
+
+    hi = 8
+    while hi < max_d_model and (found := accepted_from(hi)) is not None and found[1] < target:
+        hi *= 2
+    lo, hi = 1, min(hi, max_d_model)
+    while lo < hi:  # smallest d whose next accepted d_model reaches the target
+        mid = (lo + hi) // 2
+        found = accepted_from(mid)
+        if found is not None and found[1] >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    above = accepted_from(lo)
+    below = accepted_from((above[0] if above else lo) - 1, direction=-1)
+    candidates = [c for c in (above, below) if c is not None]
+    if not candidates:
+        raise ValueError(f"{where}: no d_model in [1, {max_d_model}] builds this model")
+    d_model, value = min(candidates, key=lambda c: (abs(c[1] - target), c[0]))
+    bracketed = above is not None and below is not None and below[1] <= target <= above[1]
+    return d_model, value, bracketed
 
 
 def size_d_model(budget: int, *, max_d_model: int = 8192, **model_config) -> int:
@@ -273,41 +349,170 @@ def size_d_model(budget: int, *, max_d_model: int = 8192, **model_config) -> int
 
     The count grows with ``d_model``: doubling finds an upper bound, bisection the first accepted ``d_model``
     at or over budget, which is compared with the accepted one below it. If the mixer accepts none of
-    ``MAX_GAP`` consecutive values, the ``ValueError`` it raises is passed on.
+    ``MAX_GAP`` consecutive values, the ``ValueError`` it raises is passed on. Only ``d_model`` moves, so the
+    count can miss the budget by a step of ``d_model`` (up to ~20% for multi-head mixers at small budgets):
+    :func:`size_model` also sets the MLP width and lands within ``PARAM_TOLERANCE``.
     """
     check_int("size_d_model", "budget", budget)
     check_int("size_d_model", "max_d_model", max_d_model)
     if "d_model" in model_config:
         raise TypeError("size_d_model: `d_model` is what it computes; pass the other model settings only")
-    counts: dict[int, int | None] = {}
+    return _closest_d_model(budget, lambda d: _count(d, model_config), max_d_model, model_config, "size_d_model")[0]
 
-    def accepted_from(d: int, direction: int = 1) -> tuple[int, int] | None:
-        """The first accepted ``d_model`` from ``d`` on (``direction=-1``: downwards) and its count."""
-        for candidate in range(d, d + direction * MAX_GAP, direction):
-            if not 1 <= candidate <= max_d_model:
-                return None
-            if candidate not in counts:
-                counts[candidate] = _count(candidate, model_config)
-            if counts[candidate] is not None:
-                return candidate, counts[candidate]
-        if direction == 1:
-            SequenceModel(d_model=d, **model_config)  # raises the mixer's error
-        return None
 
-    hi = 8
-    while hi < max_d_model and (found := accepted_from(hi)) is not None and found[1] < budget:
-        hi *= 2
-    lo, hi = 1, min(hi, max_d_model)
-    while lo < hi:  # smallest d whose next accepted d_model reaches the budget
-        mid = (lo + hi) // 2
-        found = accepted_from(mid)
-        if found is not None and found[1] >= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    above = accepted_from(lo)
-    below = accepted_from((above[0] if above else lo) - 1, direction=-1)
-    candidates = [c for c in (above, below) if c is not None]
-    if not candidates:
-        raise ValueError(f"size_d_model: no d_model in [1, {max_d_model}] builds this model")
-    return min(candidates, key=lambda c: (abs(c[1] - budget), c[0]))[0]
+# -- state size -------------------------------------------------------------------
+
+
+def _state_floats(state: RecurrentState, length: int | None, where: str) -> int:
+    """Floats in one layer's state made by ``init_state(1)``: float tensors count their elements, complex ones
+    twice, others (ints, bools) not at all. A dimension of size 0 (beyond the batch) is a cache that grows by
+    one entry per token (attention's keys and values) and counts ``length`` entries."""
+    total = 0
+    for name, tensor in state.tensors().items():
+        if not (tensor.is_floating_point() or tensor.is_complex()):
+            continue
+        sizes = list(tensor.shape[1:])
+        if 0 in sizes:
+            if length is None:
+                raise ValueError(
+                    f"{where}: `length` is needed: the state field {name!r} of {type(state).__name__} grows with "
+                    f"the context (e.g. attention's KV cache); pass the number of tokens seen"
+                )
+            sizes = [length if size == 0 else size for size in sizes]
+        total += math.prod(sizes) * (2 if tensor.is_complex() else 1)
+    return total
+
+
+def state_size(model_or_config: SequenceModel | dict, length: int | None = None) -> int:
+    """Number of floats in the model's recurrent state for one sequence (batch 1), summed over its layers.
+
+    ``model_or_config`` is a :class:`SequenceModel` or the keywords that build one (``d_model`` included; built
+    on the meta device where possible, so nothing is allocated). The state is each mixer's ``init_state(1)``
+    (on the meta device): every float element counts 1, a complex one 2 (real and imaginary part), integer or
+    boolean bookkeeping 0. RetNet's position counter is a float and counts (one per layer).
+
+    A fixed-size state (every RNN, SSM and linear-attention layer; Aaren) is the same after any context, and
+    ``length`` is ignored. Attention's state is its KV cache, which grows with the context: it is counted after
+    ``length`` tokens, ``2 · n_layers · length · d_model`` floats (keys and values of every head), and
+    ``length`` is required for it (a ``ValueError`` otherwise). Generally, a state tensor with a dimension of
+    size 0 in ``init_state`` is read as a cache that grows by one entry per token along it.
+    """
+    where = "state_size"
+    if length is not None:
+        check_int(where, "length", length)
+    if isinstance(model_or_config, SequenceModel):
+        model = model_or_config
+    elif isinstance(model_or_config, dict):
+        if "d_model" not in model_or_config:
+            raise ValueError(f"{where}: `model_or_config` must include `d_model` (see size_model to choose one)")
+        config = {k: v for k, v in model_or_config.items() if k != "d_model"}
+        model = _build(model_or_config["d_model"], config)
+        if model is None:
+            SequenceModel(**model_or_config)  # raises the layer's error
+    else:
+        raise TypeError(
+            f"{where}: `model_or_config` must be a SequenceModel or a dict of its keywords, "
+            f"got {type(model_or_config).__name__}"
+        )
+    states = model.init_state(1, device="meta")
+    return sum(_state_floats(state, length, where) for state in states)
+
+
+# -- sizing to a budget -------------------------------------------------------------
+
+MATCHES = ("params", "state")
+PARAM_TOLERANCE = 0.03  # size_model(match="params") lands within this relative distance of the budget
+
+
+def _solve_mlp_hidden(budget: int, d_model: int, model_config: dict) -> tuple[int, int]:
+    """The MLP hidden width at ``d_model`` whose parameter count is closest to ``budget``, and that count.
+
+    The count is affine in the hidden width ``h`` (each block's MLP has ``3 d h`` weights for SwiGLU,
+    ``2 d h + h`` with GELU's biases), so two counts give it exactly."""
+    at_1 = _count(d_model, {**model_config, "mlp_hidden": 1})
+    slope = _count(d_model, {**model_config, "mlp_hidden": 2}) - at_1
+    hidden = max(1, 1 + round((budget - at_1) / slope))
+    return hidden, at_1 + slope * (hidden - 1)
+
+
+def _size_params(budget: int, max_d_model: int, model_config: dict) -> dict:
+    """``d_model`` from :func:`size_d_model`, then the MLP width solved for the budget; if even the narrowest
+    MLP leaves the count over ``PARAM_TOLERANCE`` (a mixer much bigger than the MLP), smaller accepted
+    ``d_model`` are tried, down to 1, keeping the closest."""
+    d_model = size_d_model(budget, max_d_model=max_d_model, **model_config)
+    if model_config.get("mlp", "swiglu") == "none":
+        return {"d_model": d_model}  # no MLP, no fine knob: the closest d_model is the best there is
+    best: tuple[float, int, int] | None = None
+    for d in range(d_model, 0, -1):
+        if d != d_model and _build(d, model_config) is None:
+            continue  # not accepted by the mixer
+        hidden, count = _solve_mlp_hidden(budget, d, model_config)
+        miss = abs(count - budget) / budget
+        if best is None or miss < best[0]:
+            best = (miss, d, hidden)
+        if miss <= PARAM_TOLERANCE:
+            break
+    return {"d_model": best[1], "mlp_hidden": best[2]}
+
+
+def size_model(
+    budget: int, *, match: str = "params", length: int | None = None, max_d_model: int = 8192, **model_config
+) -> dict:
+    """The :class:`SequenceModel` keywords that size a model to ``budget``: pass them with the rest,
+    ``SequenceModel(**model_config, **size_model(budget, **model_config))``.
+
+    ``match="params"``: ``budget`` is a parameter count. ``d_model`` is chosen by :func:`size_d_model` (closest
+    count among the values the mixer accepts), then the MLPs' hidden width ``mlp_hidden`` is solved so the
+    count lands on the budget; returns ``{"d_model", "mlp_hidden"}``, within ``PARAM_TOLERANCE`` (3%) of the
+    budget whenever some accepted ``d_model`` gets there (in practice much closer: one unit of ``mlp_hidden``
+    is ``3 · d_model · n_layers`` parameters). The MLP ratio then differs a little from ``mlp_ratio``. With
+    ``mlp="none"`` there is no fine knob: returns ``{"d_model"}`` alone, which can miss by a step of
+    ``d_model`` (as :func:`size_d_model`).
+
+    ``match="state"``: ``budget`` is a number of floats in the recurrent state (:func:`state_size`, batch 1,
+    attention counted after ``length`` tokens). Returns ``{"d_model"}``, the accepted ``d_model`` whose state is
+    closest; every mixer keyword (state width, heads, expansion) stays as given, so the miss is at most half
+    the state's step between neighbouring accepted ``d_model`` values, and the parameter count is whatever
+    results (report it). A ``ValueError`` names ``budget`` when no ``d_model`` in ``[1, max_d_model]`` brackets
+    it, and says so when the state does not grow with ``d_model`` at all (LRU: its ``d_state`` alone). This
+    is the control of Zoology (Arora et al. 2024, "Zoology: Measuring and Improving Recall in Efficient
+    Language Models") for multi-query associative recall, where recall is bounded by the state size rather
+    than by the parameters. ``length`` is only read here (ignored with ``match="params"``).
+    """
+    where = "size_model"
+    check_int(where, "budget", budget)
+    check_int(where, "max_d_model", max_d_model)
+    if match not in MATCHES:
+        raise ValueError(f"{where}: `match` must be one of {MATCHES}, got {match!r}")
+    if length is not None:
+        check_int(where, "length", length)
+    if "d_model" in model_config:
+        raise TypeError(f"{where}: `d_model` is what it computes; pass the other model settings only")
+    if match == "params":
+        if "mlp_hidden" in model_config:
+            raise TypeError(f"{where}: `mlp_hidden` is what match='params' computes; pass mlp_ratio or nothing")
+        return _size_params(budget, max_d_model, model_config)
+
+    def floats(d: int) -> int | None:
+        model = _build(d, model_config)
+        return None if model is None else state_size(model, length)
+
+    name = model_config.get("mixer")
+    low, high = (_first_accepted(model_config, d, max_d_model) for d in (1, min(64, max_d_model)))
+    if low is not None and high is not None and low != high and floats(low) == floats(high):
+        raise ValueError(
+            f"{where}: the state of {name!r} does not grow with d_model ({floats(low)} floats at d_model={low} "
+            f"and {high}); match='state' sizes by d_model only: set its state width in `mixer_kwargs` instead"
+        )
+    d_model, floats_at, bracketed = _closest_d_model(budget, floats, max_d_model, model_config, where)
+    if not bracketed and floats_at != budget:
+        raise ValueError(
+            f"{where}: `budget`={budget} floats is out of reach of {name!r} by d_model alone: the closest, "
+            f"d_model={d_model}, has {floats_at} floats (d_model in [1, max_d_model={max_d_model}])"
+        )
+    return {"d_model": d_model}
+
+
+def _first_accepted(model_config: dict, start: int, stop: int) -> int | None:
+    """The first ``d_model`` in ``[start, min(stop, start + MAX_GAP))`` the mixer accepts, or ``None``."""
+    return next((d for d in range(start, min(stop + 1, start + MAX_GAP)) if _build(d, model_config) is not None), None)

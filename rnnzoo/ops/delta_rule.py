@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_heads, check_int
-from .gated_linear_attention import MIN_LOG_DECAY, _output_dtype
+from .gated_linear_attention import MIN_LOG_DECAY, _output_dtype, least_padding_chunk
 
 __all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference"]
 
@@ -126,6 +126,8 @@ def _unit_lower_inverse(a: Tensor) -> Tensor:
         blocks = torch.baddbmm(blocks, blocks, power)
         reach *= 2
     blocks = blocks.view(n, m, block, block)
+    if m == 1:  # a single block (C <= INVERSE_BLOCK): no substitution
+        return blocks[:, 0]
     inverse = a.new_zeros(n, padded, padded)
     inverse.view(n, m, block, m, block).diagonal(dim1=1, dim2=3).copy_(blocks.permute(0, 2, 3, 1))
     minus_blocks = blocks.neg_()
@@ -287,14 +289,19 @@ def _chunkwise(q, k, v, beta, log_alpha, h0, chunk: int) -> tuple[Tensor, Tensor
     return out.flatten(2, 3)[:, :, :length], last
 
 
-def default_chunk_size(length: int) -> int:
-    """64, or the next power of two >= T (at least 16) for shorter inputs.
+def default_chunk_size(length: int, d_k: int = 64, d_v: int = 64) -> int:
+    """At most 64 and at most the power of two at or above the wider head dim (at least 16); within
+    that, the largest chunk that pads T little (:func:`least_padding_chunk`).
 
-    Measured forward+backward at B=4, H=4, T=1024, d=64, fp32, 2 threads of a 2-core CPU (runs
-    interleaved): C=32/64/128 took 38/41/56 ms. 32 and 64 are within the noise of each other; 64 takes
-    half the sequential steps over chunks and runs its matmuls at a higher rate.
+    Per token, the chunk's matmuls cost ``O(C (d_k + d_v))`` and the pass over chunks ``O(d_k d_v)``
+    per chunk: C near the head dims balances them. At ``d = 64``: measured forward+backward at B=4,
+    H=4, T=1024, fp32, 2 threads of a 2-core CPU (runs interleaved), C=32/64/128 took 38/41/56 ms;
+    64 takes half the sequential steps over chunks and runs its matmuls at a higher rate. With head
+    dims of 7-16 (B·H = 256, T = 40-80, one thread), C=16 takes a third of the time of C=64: the
+    C×C matrices would be mostly padding, and ``bmm`` on such thin operands runs far below peak.
     """
-    return min(64, max(16, 1 << (max(length, 1) - 1).bit_length()))
+    width = 1 << (max(d_k, d_v, 1) - 1).bit_length()
+    return least_padding_chunk(length, min(64, max(16, width)))
 
 
 def delta_rule_flops(batch: int, heads: int, length: int, d_k: int, d_v: int, chunk: int | None = None) -> int:
@@ -306,7 +313,7 @@ def delta_rule_flops(batch: int, heads: int, length: int, d_k: int, d_v: int, ch
     ``10 C² d_k + 8 C² d_v + 12 C d_k d_v`` (1.84 times the forward at ``C = d_k = d_v``), so that
     convention counts about 6% more than the two run.
     """
-    chunk = chunk or default_chunk_size(length)
+    chunk = chunk or default_chunk_size(length, d_k, d_v)
     n_chunks = -(-length // chunk)
     per_chunk = 4 * chunk**2 * d_k + chunk**3 // 3 + 2 * chunk**2 * (d_k + 2 * d_v) + 6 * chunk * d_k * d_v
     return batch * heads * n_chunks * per_chunk
@@ -324,7 +331,7 @@ def delta_rule(
 ) -> tuple[Tensor, Tensor]:
     """Chunkwise parallel form of :func:`delta_rule_reference` (same arguments and results).
 
-    ``chunk_size`` defaults to :func:`default_chunk_size`.
+    ``chunk_size`` defaults to :func:`default_chunk_size` of the length and head dims.
     Half-precision inputs are computed in float32; outputs come back in the input
     dtype, the final state in float32. Gradients by a hand-written backward
     (:class:`_ChunkwiseDeltaRule`; double backward is not supported).
@@ -334,6 +341,6 @@ def delta_rule(
         check_int(where, "chunk_size", chunk_size)
     out_dtype = q.dtype
     q, k, v, beta, log_alpha, h0 = _check(q, k, v, beta, log_alpha, h0, where)
-    chunk = chunk_size or default_chunk_size(q.shape[2])
+    chunk = chunk_size or default_chunk_size(q.shape[2], q.shape[-1], v.shape[-1])
     out, last = _chunkwise(q, k, v, beta, log_alpha, h0, chunk)
     return out.to(_output_dtype(out_dtype)), last

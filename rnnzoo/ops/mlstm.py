@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_heads, check_int
-from .gated_linear_attention import _causal, _chunk_states, _output_dtype
+from .gated_linear_attention import _causal, _chunk_states, _output_dtype, default_chunk_size
 
 __all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
 
@@ -94,16 +94,21 @@ def mlstm_chunkwise(
     log_i: Tensor,
     state: State | None = None,
     *,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, State]:
-    """Chunkwise parallel form of :func:`mlstm_reference` (same arguments and results)."""
+    """Chunkwise parallel form of :func:`mlstm_reference` (same arguments and results).
+
+    ``chunk_size`` defaults to engine 3's choice for a scalar decay
+    (:func:`~rnnzoo.ops.gated_linear_attention.default_chunk_size` of the length and head dims).
+    """
     where = "mlstm_chunkwise"
-    check_int(where, "chunk_size", chunk_size)
+    if chunk_size is not None:
+        check_int(where, "chunk_size", chunk_size)
     out_dtype = q.dtype
     q, k, v, log_f, log_i, state = _check(q, k, v, log_f, log_i, state, where)
     batch, heads, length, d_k = q.shape
     d_v = v.shape[-1]
-    chunk = min(chunk_size, length)
+    chunk = min(chunk_size or default_chunk_size(length, False, d_k, d_v + 1), length)
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
     v = torch.cat([v, torch.ones_like(v[..., :1])], -1)  # the normaliser n is the last column of the state

@@ -1,7 +1,8 @@
 """Synthetic capability tasks, generated on the fly and deterministic per ``torch.Generator``.
 
 State tracking (``parity``, ``modular_arithmetic``, ``cycle_navigation``, ``even_pairs``), group word problems
-(``s3``, ``a5``, ``s5``), recall (``mqar``) and memory (``copying``, ``selective_copying``, ``induction_heads``).
+(``s3``, ``a5``, ``s5``), recall (``mqar``) and memory (``copying``, ``selective_copying``, ``induction_heads``,
+``window_parity``).
 Variants are config fields: ``make_task("modular_arithmetic", precedence=False)`` (+ and − only, left to right),
 ``make_task("mqar", read_twice=True)`` (the key–value block shown twice). Each task's docstring gives its paper,
 vocabulary layout, lengths, scored positions, chance accuracy and the lengths of its train score
@@ -19,10 +20,10 @@ from .base import Batch, PrefixTask, Task, list_tasks, make_task, register_task
 from .state_tracking import CycleNavigation, EvenPairs, ModularArithmetic, Parity
 from .groups import A5, S3, S5, GroupWordProblem
 from .recall import MQAR
-from .memory import Copying, InductionHeads, SelectiveCopying
+from .memory import Copying, InductionHeads, SelectiveCopying, WindowParity
 
 __all__ = [
     "Batch", "Task", "PrefixTask", "list_tasks", "make_task", "register_task",
     "Parity", "ModularArithmetic", "CycleNavigation", "EvenPairs",
-    "GroupWordProblem", "S3", "A5", "S5", "MQAR", "Copying", "SelectiveCopying", "InductionHeads",
+    "GroupWordProblem", "S3", "A5", "S5", "MQAR", "Copying", "SelectiveCopying", "InductionHeads", "WindowParity",
 ]

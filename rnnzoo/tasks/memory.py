@@ -1,4 +1,5 @@
-"""Memory: copying and selective copying (hold tokens across a blank stretch), induction heads (recall one).
+"""Memory: copying and selective copying (hold tokens across a blank stretch), induction heads (recall one),
+window parity (keep the last few inputs, forget the rest).
 
 Copying as in Arjovsky et al. (2016) and S4 (Gu, Goel, Ré 2022); selective copying and induction heads as in
 Mamba (Gu, Dao 2023), whose copying data puts ``M`` tokens among ``L`` blanks, then ``M`` markers at which the
@@ -15,9 +16,9 @@ from typing import ClassVar
 import torch
 
 from .._checks import check_int
-from .base import Batch, Task, register_task
+from .base import Batch, PrefixTask, Task, register_task
 
-__all__ = ["Copying", "SelectiveCopying", "InductionHeads"]
+__all__ = ["Copying", "SelectiveCopying", "InductionHeads", "WindowParity"]
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,49 @@ class InductionHeads(Task):
         mask = torch.zeros_like(tokens, dtype=torch.bool)
         mask[:, -1] = True
         return Batch(tokens, targets, mask)
+
+
+@register_task
+@dataclass(frozen=True)
+class WindowParity(PrefixTask):
+    """N-parity: the parity of the last ``window`` bits, ``label_t = x_{t-N+1} ⊕ … ⊕ x_t`` with ``N = window``.
+
+    From "Emergent mechanisms for long timescales depend on training curriculum and affect performance in
+    memory tasks" (Khajehabdollahi et al. 2024). The label depends on the last ``N`` inputs only, so a model
+    must keep a short window and forget the rest: a recurrent state that does not forget drifts at lengths it
+    never saw, and a sequence may start from any earlier state (carried from another sequence) without
+    changing a label. Vocabulary: ids 0, 1 the bits. Classes: 0 even, 1 odd. Scored: positions ``N … T`` (a
+    full window), or the last. Train lengths 8–40, test 40, 128, 512, 1024; train score over 20–40 (the
+    default rule: the upper half). Bits are uniform, so every label is too: chance 1/2.
+    """
+
+    name: ClassVar[str] = "window_parity"
+    window: int = 4
+    train_lengths: tuple[int, int] = (8, 40)
+    test_lengths: tuple[int, ...] = (40, 128, 512, 1024)
+
+    def __post_init__(self):
+        check_int(self.name, "window", self.window)
+        super().__post_init__()
+
+    @property
+    def vocab_size(self) -> int:
+        return 2
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def min_length(self) -> int:
+        return self.window
+
+    def _length_reason(self) -> str:
+        return f" (window: one full window of {self.window} bits)"
+
+    def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
+        bits = torch.randint(0, 2, (batch_size, length), generator=generator, device=generator.device)
+        sums = torch.nn.functional.pad(bits.cumsum(1), (self.window, 0))
+        targets = (sums[:, self.window :] - sums[:, :-self.window]) % 2
+        mask = self._scored(torch.arange(length, device=bits.device) >= self.window - 1)
+        return Batch(bits, targets, mask.repeat(batch_size, 1))
