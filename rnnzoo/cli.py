@@ -58,8 +58,48 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_step(args: argparse.Namespace) -> int:
+    """Time one training step of every chosen model (default: the tier-1 models) beside lstm's; write JSON."""
+    import dataclasses
+    import json
+
+    from .bench import train_step
+
+    if args.quick or args.step or args.mode or args.forward_only:
+        args.error("--train-step times whole training steps; drop --quick/--step/--mode/--forward-only")
+    registered = {m.name for m in list_models()}
+    names = args.model or [n for n in suites.TIER1 if n in registered]
+    unknown = [n for n in names if n not in registered]
+    if unknown:
+        args.error(f"--train-step needs registered models; unknown: {', '.join(unknown)} (see `rnnzoo list`)")
+    batch, length, threads = args.batch or 64, args.length or 40, args.threads or 1
+    head = speed.header(threads, "cpu", ["rnnzoo", *args.argv])
+    console = _console()
+    with console.status("timing training steps") as status:
+        rows = train_step.measure(
+            names, batch=batch, length=length, params=args.params, rounds=args.rounds, threads=threads,
+            on_round=lambda r: status.update(f"round {r + 1}"),
+        )  # fmt: skip
+    head.update(batch=batch, length=length, params=args.params, rounds=args.rounds)
+    caption = (
+        f"{head['date']}, (batch, length) = ({batch}, {length}), ~{args.params:,} parameters, 2 blocks, "
+        f"{threads} thread(s), medians of {args.rounds} rounds; {head['cpu']}, load average "
+        f"{head['loadavg_1min']} at start"
+    )
+    train_step.report(rows, console, caption)
+    path = Path(args.json)
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps({"header": head, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
+    partial.replace(path)
+    console.print(f"wrote {path}")
+    return 0
+
+
 def _speed(args: argparse.Namespace) -> int:
     """Time the chosen targets (or the --quick suite, or --step rows), print the tables, write the JSON."""
+    if args.train_step:
+        return _train_step(args)
+    args.batch, args.length, args.threads = args.batch or 8, args.length or 1024, args.threads or 2
     if args.quick and (args.model or args.mode or args.step):
         args.error("--quick runs a preset suite; drop --model/--mode/--step")
     if args.step and (args.mode or args.forward_only):
@@ -367,10 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--model", action="append", metavar="NAME", help="a target (repeatable): layer, engine or baseline")
     sp.add_argument("--mode", action="append", metavar="M", help="a mode (repeatable); default: every mode")
-    sp.add_argument("--batch", type=_positive_int, default=8, help="B (default 8)")
-    sp.add_argument("--length", type=_positive_int, default=1024, help="T, the context with --step (default 1024)")
+    sp.add_argument("--batch", type=_positive_int, help="B (default 8; 64 with --train-step)")
+    sp.add_argument(
+        "--length", type=_positive_int, help="T, the context with --step (default 1024; 40 with --train-step)"
+    )
     sp.add_argument("--d-model", type=_positive_int, default=64, help="d (default 64)")
-    sp.add_argument("--threads", type=_positive_int, default=2, help="torch threads (default 2)")
+    sp.add_argument("--threads", type=_positive_int, help="torch threads (default 2; 1 with --train-step)")
     sp.add_argument("--dtype", choices=list(speed.DTYPES), default="float32", help="default float32")
     sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sp.add_argument("--repeats", type=_positive_int, default=3, help="minimum timed calls per row (default 3)")
@@ -383,6 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="time the --model layers' step, one token at a time, after a context of --length tokens (no_grad)",
     )
+    sp.add_argument(
+        "--train-step",
+        action="store_true",
+        help=(
+            "time one training step (forward, loss, backward, AdamW) of a ~--params-parameter 2-block model around "
+            "each --model (default: every tier-1 model) beside lstm's, at --batch 64 --length 40 unless given, one "
+            "thread, round-robin; bar: every model within 2x lstm"
+        ),
+    )
+    sp.add_argument("--params", type=_positive_int, default=30_000, help="--train-step model size (default 30000)")
+    sp.add_argument("--rounds", type=_positive_int, default=15, help="--train-step timed rounds (default 15)")
     sp.add_argument("--json", default="speed.json", metavar="PATH", help="output file (default speed.json)")
     sp.add_argument(
         "--quick",

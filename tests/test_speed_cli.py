@@ -227,3 +227,25 @@ def test_counterpart_bar(layer_ms, passed):
         "nn.LSTM", pytest.approx(layer_ms / 100), "<= 1.1", passed
     )
     assert torch_lstm.vs_target is None  # a counterpart is not compared back with its layer
+
+
+def test_train_step_times_each_model_beside_lstm(tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    args = ["speed", "--train-step", "--model", "mingru", "--batch", "4", "--length", "6", "--params", "3000",
+            "--rounds", "2", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    rows = {r["model"]: r for r in data["rows"]}
+    assert list(rows) == ["lstm", "mingru"] and rows["lstm"]["ratio"] == 1.0
+    assert rows["mingru"]["ratio"] == pytest.approx(rows["mingru"]["cpu_ms"] / rows["lstm"]["cpu_ms"])
+    assert all(abs(r["params"] / 3000 - 1) <= 0.03 and r["cpu_ms"] > 0 for r in rows.values())
+    assert data["header"]["threads"] == 1 and data["header"]["batch"] == 4
+    assert "within 2× lstm" in capsys.readouterr().out
+
+
+def test_train_step_rejects_unknown_models_and_other_modes(capsys):
+    for args in (["--model", "no_such"], ["--quick"]):
+        with pytest.raises(SystemExit) as e:
+            main(["speed", "--train-step", *args])
+        assert e.value.code == 2
+    assert "unknown: no_such" in capsys.readouterr().err
