@@ -1,10 +1,11 @@
-# `make bench` runs the main job (the capability benchmark), `make test` the tests, `make speed` the timings;
+# `make bench` runs the main job (the capability benchmark), `make test` the tests, `make claims` the papers'
+# claims (about 30 min), `make speed` the timings;
 # each sets up .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup bench speed test clean
+.PHONY: setup bench claims speed test clean
 
 $(BIN)/rnnzoo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,9 @@ setup: $(BIN)/rnnzoo
 
 bench: setup
 	$(BIN)/rnnzoo bench
+
+claims: setup
+	$(BIN)/rnnzoo claims run --quick
 
 speed: setup
 	$(BIN)/rnnzoo speed --quick
