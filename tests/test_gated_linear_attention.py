@@ -230,6 +230,19 @@ def test_default_chunk_size_from_length_and_head_dims():
     assert default_chunk_size(2048) == default_chunk_size(2048, False, 64, 64) == 64
     assert default_chunk_size(40, True, 4, 8) == default_chunk_size(40, False, 8, 16) == 16
     assert default_chunk_size(4096, True, 4, 8) == 16 and default_chunk_size(4096, False, 9, 10) == 32
+    # a scalar or no decay takes a sequence that fits under the bound as one chunk; per-key decays do not
+    assert default_chunk_size(40, False, 64, 54) == 40 and default_chunk_size(64, False, 64, 64) == 64
+    assert default_chunk_size(65, False, 64, 64) == 16 and default_chunk_size(40, True, 64, 54) == 16
+
+
+@pytest.mark.parametrize("decay", ["none", "constant", "scalar"])
+@pytest.mark.parametrize("h0", [False, True])
+@pytest.mark.parametrize("length", [1, 7, 40])
+def test_single_chunk_matches_reference(decay, h0, length):
+    """The whole sequence as one chunk (no pass over chunks; no state term without ``h0``)."""
+    inputs = make_inputs(2, 2, length, 24, 20, decay, sign=decay != "none", h0=h0, seed=length)
+    assert default_chunk_size(length, False, 24, 20) == length
+    assert_chunk_matches_reference(inputs)
 
 
 @pytest.mark.parametrize("decay", DECAYS)

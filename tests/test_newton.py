@@ -10,7 +10,9 @@ import torch
 from rnnzoo.ops import (
     block_linear_scan, block_linear_scan_reference, nonlinear_recurrence, nonlinear_recurrence_reference
 )  # fmt: skip
-from rnnzoo.ops.newton import NewtonConvergenceWarning, default_chunk_size, default_tolerance
+from rnnzoo.ops.newton import (
+    MIN_CHUNK, SEQUENTIAL_BELOW, NewtonConvergenceWarning, NewtonInfo, default_chunk_size, default_tolerance
+)
 
 # -- toy cells: a diagonal one and one with 2x2 blocks ------------------------------------------------------------
 
@@ -351,3 +353,55 @@ def test_block_scan_bad_inputs():
         block_linear_scan(A, b.long())
     with pytest.raises(ValueError, match="`chunk_size` must be an int >= 2"):
         block_linear_scan(A, b, chunk_size=1)
+
+
+# -- short sequences: the sequential solve ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell_name", ["tanh", "rotation"])
+@pytest.mark.parametrize("length", [1, 40, SEQUENTIAL_BELOW - 1])
+def test_short_sequences_solve_sequentially(cell_name, length):
+    """Below ``SEQUENTIAL_BELOW`` steps (chunk size not given) the loop solves, reported as one chunk of T steps;
+    states and every gradient (diagonal and 2×2-block Jacobians) are the reference loop's."""
+    cell, xs, h0, params = problem(cell_name, 2, length, seed=length)
+    _, _, info = nonlinear_recurrence(cell, xs, h0, params)
+    assert info == NewtonInfo(1, True, 0.0, length)
+    assert_newton_matches_loop(cell, xs, h0, params)
+
+
+@pytest.mark.parametrize("cell_name", ["tanh", "rotation"])
+def test_sequential_solve_gradcheck(cell_name):
+    cell, xs, h0, params = problem(cell_name, 2, 6, d=2)
+    leaves = [t.requires_grad_(True) for t in (*xs, h0, *params)]
+    fn = lambda x, h, p: nonlinear_recurrence(cell, [x], h, [p])[:2]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves)
+
+
+def test_sequential_solve_vjp_gets_whole_sequence_and_residuals():
+    """The sequential solve's backward evaluates the cell (with its residuals) and its vjp once, on all steps."""
+    shapes = []
+
+    def cell(h, x, a, *, jacobian=False):
+        out, jac = tanh_cell(h, x, a, jacobian=jacobian)
+        return (out, jac, out) if jacobian else (out, None)
+
+    def vjp(h, x, a, lam, residuals=None):
+        shapes.append((tuple(h.shape), residuals is not None))
+        g = lam * (1 - residuals * residuals)
+        return g, (g * h).sum(tuple(range(h.dim() - 1)))
+
+    cell.vjp = vjp
+    _, xs, h0, params = problem("tanh", 2, 30)
+    assert_newton_matches_loop(cell, xs, h0, params)
+    assert shapes == [((2, 30, 3), True)]
+
+
+def test_default_chunk_size_short_and_uneven_sequences():
+    """From 2 MIN_CHUNK steps on, chunks of at least MIN_CHUNK steps; chunks evened out so the tail is short."""
+    cpu = torch.device("cpu")
+    assert default_chunk_size(40, 64 * 38, cpu) == 20  # not round(sqrt(40)) = 6: two chunks of 20
+    assert default_chunk_size(100, 16, cpu) == 16  # six chunks of 16, a tail of 4
+    assert default_chunk_size(2 * MIN_CHUNK - 1, 16, cpu) == 6  # below 2 MIN_CHUNK: sqrt(T), evened (31 // 5)
+    for length in (40, 100, 1000, 4099):
+        chunk = default_chunk_size(length, 16, cpu)
+        assert chunk >= MIN_CHUNK and length % chunk < length // chunk

@@ -14,7 +14,7 @@ import torch
 import rnnzoo
 from forms import assert_forms_agree
 from rnnzoo.layers.pararnn import ParaGRU, ParaLSTM, _HeadProjection, _tanh, para_gru_cell, para_lstm_cell
-from rnnzoo.ops.newton import NewtonConvergenceWarning
+from rnnzoo.ops.newton import SEQUENTIAL_BELOW, NewtonConvergenceWarning
 
 NAMES = ["paragru", "paralstm"]
 
@@ -277,3 +277,29 @@ def test_bad_newton_settings(name):
         rnnzoo.create(name, d_model=8, num_heads=3)
     with pytest.raises(ValueError, match="`num_heads` must be a positive int"):
         rnnzoo.create(name, d_model=8, num_heads=0)
+
+
+# -- the form "auto" picks by shape -------------------------------------------------------------------------------
+
+
+def test_auto_mode_by_length():
+    """On CPU, ParaLSTM's "auto" runs the loop from ``SEQUENTIAL_BELOW`` up to ``loop_below`` steps (leaving the
+    Newton report alone) and the engine otherwise (its sequential solve below, Newton above); ParaGRU always runs
+    the engine. Every choice gives the loop's outputs and gradients."""
+    lstm, gru = make("paralstm"), make("paragru")
+    assert lstm.loop_below == 256 and gru.loop_below == 0
+    short, middle = (torch.randn(2, length, 8, dtype=torch.float64) for length in (40, SEQUENTIAL_BELOW + 1))
+    for x in (short, middle):
+        assert_forms_agree(lstm, x, ["auto", "recurrent", "newton"], rtol=1e-8, atol=1e-10)
+    lstm.newton_info = None
+    lstm(middle)
+    assert lstm.newton_info is None, "auto ran the loop"
+    lstm(short)
+    assert lstm.newton_info.chunk_size == 40, "auto ran the engine's sequential solve"
+    lstm(torch.randn(1, 256, 8, dtype=torch.float64))
+    assert lstm.newton_info.chunk_size < 256, "auto ran Newton"
+    assert_forms_agree(gru, middle, ["auto", "recurrent"], rtol=1e-8, atol=1e-10)
+    gru(short)
+    assert gru.newton_info.chunk_size == 40, "the engine's sequential solve"
+    gru(middle)
+    assert gru.newton_info.chunk_size < SEQUENTIAL_BELOW + 1, "Newton"

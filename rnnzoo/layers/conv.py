@@ -9,12 +9,81 @@ same result as the whole.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import state_dtype
 
-__all__ = ["CausalConv1d"]
+__all__ = ["CausalConv1d", "causal_conv1d"]
+
+
+def _taps(weight: Tensor) -> Tensor:
+    """``(C, 1, K)`` depthwise weight -> ``(K, C)``, contiguous (a strided broadcast operand would make
+    every multiply-add below fall off the vectorised path)."""
+    return weight.view(weight.shape[0], -1).t().contiguous()
+
+
+class _CausalConv(torch.autograd.Function):
+    """The depthwise causal convolution as ``K`` shifted multiply-adds, with a hand-written backward.
+
+    On ``(B, T, C)`` (channels innermost) with ``P`` the state followed by the inputs, ``(B, K-1+T, C)``::
+
+        y_t = bias + Σ_k w_k ⊙ P_{t+k}
+        dP_{t+k} += w_k ⊙ dy_t,   dw_k = Σ_{b,t} P_{t+k} ⊙ dy_t,   dbias = Σ_{b,t} dy_t
+
+    the new state being ``P``'s last ``K - 1`` rows (its gradient adds to theirs). Each step is one
+    elementwise pass over ``(B, T, C)``; a grouped ``conv1d`` with a kernel this short runs far slower
+    on CPU. Double backward is not supported (raises).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None):
+        batch, length, channels = x.shape
+        taps, size = _taps(weight), weight.shape[-1]
+        padded = x.new_empty(batch, size - 1 + length, channels)
+        if state is None:
+            padded[:, : size - 1].zero_()
+        else:
+            padded[:, : size - 1] = state.mT
+        padded[:, size - 1 :] = x
+        y = x * taps[-1] if bias is None else torch.addcmul(bias, x, taps[-1])
+        for k in range(size - 1):
+            y.addcmul_(padded[:, k : k + length], taps[k])
+        ctx.save_for_backward(padded, weight)
+        ctx.has_state, ctx.has_bias = state is not None, bias is not None
+        return y, padded[:, length:].mT.contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_state: Tensor):
+        padded, weight = ctx.saved_tensors
+        taps, size = _taps(weight), weight.shape[-1]
+        length = padded.shape[1] - (size - 1)
+        grad_y = grad_y.contiguous()
+        grad_padded = torch.empty_like(padded)
+        torch.mul(grad_y, taps[-1], out=grad_padded[:, size - 1 :])
+        grad_padded[:, : size - 1].zero_()
+        for k in range(size - 1):
+            grad_padded[:, k : k + length].addcmul_(grad_y, taps[k])
+        grad_padded[:, length:] += grad_state.mT
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            per_tap = [(padded[:, k : k + length] * grad_y).sum((0, 1)) for k in range(size)]
+            grad_weight = torch.stack(per_tap, 1).view_as(weight)
+        grad_bias = grad_y.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        grad_state_in = grad_padded[:, : size - 1].mT if ctx.has_state else None
+        return grad_padded[:, size - 1 :], grad_state_in, grad_weight, grad_bias
+
+
+def causal_conv1d(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Depthwise causal convolution ``y_t = bias + Σ_k weight[:, 0, k] ⊙ x_{t-K+1+k}``.
+
+    ``x`` ``(B, T, C)``; ``state`` ``(B, C, K-1)``, the inputs before ``x`` oldest first, or ``None``
+    (zeros); ``weight`` ``(C, 1, K)`` as ``nn.Conv1d(C, C, K, groups=C)``; ``bias`` ``(C,)`` or ``None``.
+    Returns ``(y (B, T, C), new state (B, C, K-1))``, ``y`` contiguous, in ``x``'s dtype as the state.
+    """
+    if state is not None:
+        state = state.to(x.dtype)
+    return _CausalConv.apply(x.contiguous(), state, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 class CausalConv1d(nn.Module):
@@ -39,10 +108,5 @@ class CausalConv1d(nn.Module):
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x`` ``(B, T, C)`` -> ``(y (B, T, C), new state (B, C, K-1))``."""
-        x = x.transpose(1, 2)  # (B, C, T)
-        if state is None:
-            state = x.new_zeros(x.shape[0], self.channels, self.kernel_size - 1)
-        padded = torch.cat([state.to(x.dtype), x], dim=2)
-        y = F.conv1d(padded, self.weight, self.bias, groups=self.channels)
-        new_state = padded[:, :, padded.shape[2] - (self.kernel_size - 1) :]
-        return y.transpose(1, 2), new_state.to(state_dtype(x.dtype))
+        y, new_state = causal_conv1d(x, state, self.weight, self.bias)
+        return y, new_state.to(state_dtype(x.dtype))

@@ -3,7 +3,9 @@
 Gu and Dao (2023), "Mamba: Linear-Time Sequence Modeling with Selective State
 Spaces". A diagonal SSM whose step size Δ_t and projections B_t, C_t depend on
 the input; once discretised it is a diagonal linear recurrence (engine 2) over
-a ``(d_inner, d_state)`` state per token, trained with the chunked scan.
+a ``(d_inner, d_state)`` state per token, trained with the selective scan
+(:func:`~rnnzoo.ops.selective_scan`), which discretises inside its chunks so that
+no ``(batch, T, d_inner, d_state)`` tensor is ever built.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import linear_scan_operator
+from ..ops import linear_scan_operator, selective_scan, selective_scan_reference
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, channel_groups, diagonal_recurrence, dt_bias_init, state_dtype
+from .base import RecurrentState, SequenceLayer, channel_groups, dt_bias_init, state_dtype
 from .conv import CausalConv1d
 
 __all__ = ["Mamba", "MambaState"]
@@ -118,22 +120,30 @@ class Mamba(SequenceLayer):
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=kw["device"], dtype=state_dtype(kw["dtype"]))
         return MambaState(self.conv.init_state(batch_size, **kw), ssm)
 
+    def _selection(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(Δ, A, B, C)`` from the conv output ``u`` ``(B, T, d_inner)``, in the state dtype: the step sizes
+        ``Δ_t = softplus(dt_proj(W_Δ u_t))`` ``(B, T, d_inner)``, ``A = -exp(A_log)`` ``(d_inner, d_state)`` and
+        the projections ``B_t``, ``C_t`` ``(B, T, d_state)``."""
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dtype = state_dtype(u.dtype)
+        dt = F.softplus(self.dt_proj(dt).to(dtype))
+        return dt, -torch.exp(self.A_log.to(dtype)), B.to(dtype), C.to(dtype)
+
     def _discretize(self, u: Tensor, v: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(a_t, b_t, C_t)`` of ``h_t = a_t ⊙ h_{t-1} + b_t`` from the conv output ``u`` ``(B, T, d_inner)``.
 
         ``a_t = exp(Δ_t A)`` (or ``2 exp(Δ_t A) - 1``) and ``b_t = Δ_t v_t B_t`` with
         ``v = u`` (``v = 1`` gives the operator's input weight ``Δ_t B_t``), both
         ``(B, T, d_inner, d_state)``; ``C_t`` is ``(B, T, d_state)``. All in the state dtype.
+        The forward pass never builds these (:func:`~rnnzoo.ops.selective_scan` fuses them into the scan);
+        the operator view and the eigenvalues do.
         """
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dtype = state_dtype(u.dtype)
-        dt = F.softplus(self.dt_proj(dt).to(dtype))  # (B, T, d_inner)
-        A = -torch.exp(self.A_log.to(dtype))  # (d_inner, d_state)
+        dt, A, B, C = self._selection(u)
         a = torch.exp(dt.unsqueeze(-1) * A)
         if self.negative_eigenvalues:
             a = 2 * a - 1
         v = u if v is None else v
-        return a, (dt * v.to(dtype)).unsqueeze(-1) * B.to(dtype).unsqueeze(-2), C.to(dtype)
+        return a, (dt * v.to(dt.dtype)).unsqueeze(-1) * B.unsqueeze(-2), C
 
     def _branches(self, x: Tensor, conv_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(u, z, conv state)``: the SSM input ``u = SiLU(CausalConv1d(x))`` and the gate branch ``z``."""
@@ -142,10 +152,12 @@ class Mamba(SequenceLayer):
         return F.silu(u), z, conv
 
     def _ssm(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
-        """``(y, h_last)`` with ``y_t = C_t · h_t + D ⊙ u_t``."""
-        a, b, C = self._discretize(u)
-        h, h_last = diagonal_recurrence(a, b, h0, mode)
-        return torch.einsum("btdn,btn->btd", h, C) + self.D * u, h_last
+        """``(y, h_last)`` with ``y_t = C_t · h_t + D ⊙ u_t``, in the state dtype: the chunked selective scan
+        (``"scan"``), or its loop (``"recurrent"``) discretising one step at a time."""
+        dt, A, B, C = self._selection(u)
+        scan = selective_scan if mode == "scan" else selective_scan_reference
+        D = self.D.to(dt.dtype)
+        return scan(u.to(dt.dtype), dt, A, B, C, D, h0, negative_eigenvalues=self.negative_eigenvalues)
 
     def _forward(self, x: Tensor, state: MambaState | None, mode: str) -> tuple[Tensor, MambaState]:
         u, z, conv = self._branches(x, None if state is None else state.conv)

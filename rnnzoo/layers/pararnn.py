@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.newton import DEFAULT_MAX_ITERS, Cell, NewtonInfo, nonlinear_recurrence
+from ..ops.newton import DEFAULT_MAX_ITERS, SEQUENTIAL_BELOW, Cell, NewtonInfo, nonlinear_recurrence
 from ..registry import register
 from .base import DiagonalState, RecurrentState, SequenceLayer, state_dtype
 from .linear_attention import head_size
@@ -36,9 +36,10 @@ __all__ = ["ParaGRU", "ParaLSTM", "ParaLSTMState", "para_gru_cell", "para_gru_vj
 
 def _tanh(v: Tensor) -> Tensor:
     """``tanh(v) = 2 σ(2v) - 1``. On CPU PyTorch's vectorised sigmoid is about 4x faster than its tanh, which
-    pays for the extra element-wise operations on large tensors (Newton's chunk steps); small tensors (the
-    sequential loop's steps) and other devices keep ``torch.tanh``, one operation."""
-    if v.device.type != "cpu" or v.numel() < 2**14:
+    pays for the two extra element-wise operations from about 4k numbers on (Newton's chunk steps, even at
+    small shapes); smaller tensors (the sequential loop's steps at small batch) and other devices keep
+    ``torch.tanh``, one operation."""
+    if v.device.type != "cpu" or v.numel() < 2**12:
         return torch.tanh(v)
     s = torch.sigmoid(v * 2)
     return torch.add(s, s).sub_(1)
@@ -257,6 +258,7 @@ class _ParaRNN(SequenceLayer):
     n_gates = 3
     cell: ClassVar[Cell]  # one step with its Jacobian, for the engine
     recurrent_rows: ClassVar[dict[str, int]]  # the diagonal recurrent weights: name -> rows of d_model entries
+    loop_below: ClassVar[int] = 0  # on CPU, "auto" runs the loop from SEQUENTIAL_BELOW steps up to this
 
     def __init__(
         self,
@@ -292,6 +294,18 @@ class _ParaRNN(SequenceLayer):
         self.in_bias[0] = -torch.linspace(0, 1, d)
         for p in self._recurrent_weights():
             p.normal_(0, 2 / math.sqrt(5 * d))
+
+    def forward(
+        self, x: Tensor, state: RecurrentState | None = None, *, mode: str | None = None
+    ) -> tuple[Tensor, RecurrentState]:
+        """As :meth:`SequenceLayer.forward`, except that on CPU ``"auto"`` runs the loop (``"recurrent"``) for
+        sequences of ``SEQUENTIAL_BELOW`` (the engine's own sequential solve, below) up to :attr:`loop_below`
+        steps, where it is the faster form."""
+        auto = (self.mode if mode is None else mode) == "auto"
+        short = isinstance(x, Tensor) and x.dim() == 3 and SEQUENTIAL_BELOW <= x.shape[1] < self.loop_below
+        if auto and short and x.device.type == "cpu":
+            mode = "recurrent"
+        return super().forward(x, state, mode=mode)
 
     def _recurrent_weights(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, name) for name in self.recurrent_rows)
@@ -374,11 +388,17 @@ class ParaLSTM(_ParaRNN):
 
     The Newton state is (c, h) per channel, whose Jacobian is 2×2-block-diagonal: each iteration solves a
     block scan (:func:`~rnnzoo.ops.block_scan.block_linear_scan`), as the reference does. Output ``y_t = h_t``.
-    State: :class:`ParaLSTMState`. Modes: ``"newton"`` (parallel) and ``"recurrent"``.
+    State: :class:`ParaLSTMState`. Modes: ``"newton"`` (parallel) and ``"recurrent"``; on CPU ``"auto"`` is
+    the loop for sequences of 64 up to :attr:`loop_below` (256) steps, else the engine.
     """
 
     cell = staticmethod(para_lstm_cell)
     recurrent_rows: ClassVar[dict[str, int]] = {"A": 3, "C": 2}
+    # Newton's chunk steps carry 2×2 Jacobian blocks (about 40 operations per step with them, and as many in
+    # the backward): with fewer than about 16 chunks they cost more than the loop's single pass, measured at
+    # small batch and width (64 × 38) and at (16, 256, 128). Shorter sequences still go to the engine, whose
+    # sequential solve (loop forward, whole-sequence gradients) beats the loop under autograd there.
+    loop_below: ClassVar[int] = 256
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> ParaLSTMState:
         kw = self._state_kwargs(device, dtype)

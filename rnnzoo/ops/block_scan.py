@@ -25,7 +25,9 @@ from torch import Tensor
 from .._checks import check_int
 from .linear_scan import Transitions, scan_adjoint, scan_states
 
-__all__ = ["BLOCKS", "block_linear_scan", "block_linear_scan_reference", "block_matmul", "block_matvec"]
+__all__ = [
+    "BLOCKS", "block_affine", "block_linear_scan", "block_linear_scan_reference", "block_matmul", "block_matvec",
+]  # fmt: skip
 
 
 def block_matvec(A: Tensor, h: Tensor) -> Tensor:
@@ -100,8 +102,17 @@ def block_linear_scan_reference(A: Tensor, b: Tensor, h0: Tensor | None = None) 
     return out, out[:, -1]
 
 
+def block_affine(b: Tensor, A: Tensor, h: Tensor, out: Tensor | None = None) -> Tensor:
+    """``b + A h`` per channel (into ``out``, which must not overlap ``h``): one ``addcmul`` per column of the
+    blocks, with no intermediate ``A h``."""
+    out = torch.addcmul(b, A[:, :, :, 0], h[:, :, :1], out=out)
+    for j in range(1, A.shape[3]):
+        out.addcmul_(A[:, :, :, j], h[:, :, j : j + 1])
+    return out
+
+
 BLOCKS = Transitions(
-    affine=lambda b, A, h, out=None: torch.add(b, block_matvec(A, h), out=out),
+    affine=block_affine,
     apply=block_matvec,
     compose=block_matmul,
     transpose=lambda A: A.transpose(2, 3),

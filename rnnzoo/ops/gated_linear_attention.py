@@ -213,6 +213,10 @@ def _chunk_states(decay: Tensor | None, updates: Tensor, h0: Tensor | None) -> t
     ``updates`` ``(B, H, N, d_k, d_v)``, ``decay`` broadcastable to it or ``None`` (1).
     Returns the state before each chunk ``(B, H, N, d_k, d_v)`` and the final state.
     """
+    if updates.shape[2] == 1:  # one chunk: no scan
+        start = torch.zeros_like(updates) if h0 is None else h0.unsqueeze(2)
+        last = updates[:, :, 0] if h0 is None else updates[:, :, 0] + (h0 if decay is None else decay[:, :, 0] * h0)
+        return start, last
     updates = updates.transpose(1, 2)
     decay = torch.ones((), dtype=updates.dtype, device=updates.device) if decay is None else decay.transpose(1, 2)
     ends, last = linear_scan(decay, updates, h0)
@@ -236,7 +240,10 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
 
     if log_alpha is None:  # α = 1: plain causal linear attention inside, a running sum across
         starts, last = _chunk_states(None, k.transpose(-1, -2) @ v, h0)
-        return (q @ starts + _intra_scalar(q, k, None, None) @ v).flatten(2, 3)[:, :, :length], last
+        out = _intra_scalar(q, k, None, None) @ v
+        if h0 is not None or n_chunks > 1:
+            out = out + q @ starts
+        return out.flatten(2, 3)[:, :, :length], last
 
     if not per_key:  # scalar decay per head: the C×C decay matrix is formed directly
         g = log_alpha.cumsum(-1)
@@ -248,7 +255,9 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
             chunk_decay = chunk_decay * sign[..., -1:]
         updates = (k * k_factor[..., None]).transpose(-1, -2) @ v
         starts, last = _chunk_states(chunk_decay[..., None], updates, h0)
-        out = (q * q_factor[..., None]) @ starts + _intra_scalar(q, k, g, sign) @ v
+        out = _intra_scalar(q, k, g, sign) @ v
+        if h0 is not None or n_chunks > 1:
+            out = out + (q * q_factor[..., None]) @ starts
         return out.flatten(2, 3)[:, :, :length], last
 
     # per-key decay: q and k re-based per sub-block
@@ -483,10 +492,15 @@ def default_chunk_size(length: int, per_key: bool = False, d_k: int = 64, d_v: i
     (B·H = 256, T = 40, one thread) run 2-4x faster at C = 16 than at 64: the C×C
     scores then cost far more than the ``d_k × d_v`` states they replace. For per-key
     decays :func:`gated_linear_attention` halves the chunk (down to 16) while some chunk
-    decays by more than ``e^{-MAX_EXPONENT}``, which keeps the fast path.
+    decays by more than ``e^{-MAX_EXPONENT}``, which keeps the fast path. A scalar or no decay takes the
+    whole sequence as one chunk when it fits under that bound: at B·H = 64, T = 40, d_k = 64, d_v = 54
+    (Mamba-2 at d_model 27, one thread) a chunk of 40 runs 1.3-1.4x faster than 16 (padded to 48).
     """
     width = 2 << (max(d_k, d_v, 1) - 1).bit_length()
-    return least_padding_chunk(length, min(128 if per_key else 64, max(16, width)))
+    largest = min(128 if per_key else 64, max(16, width))
+    if not per_key and length <= largest:
+        return length  # one chunk: no padding and no pass over chunks
+    return least_padding_chunk(length, largest)
 
 
 def _fitting_chunk(log_alpha: Tensor, chunk: int) -> int:

@@ -37,7 +37,10 @@ Why chunks: on a CPU the per-step work of a layer (``batch x d`` numbers) is too
 overhead, which is what makes the sequential loop slow, while DEER's whole-sequence passes need several
 iterations, each a full sweep of the cell and its Jacobian plus a scan. A chunk step works on
 ``batch x n x d`` numbers; one sweep usually suffices. Default C: :func:`default_chunk_size` (1, DEER, on
-accelerators).
+accelerators). Short sequences on CPU (fewer than ``SEQUENTIAL_BELOW`` = 64 steps, chunk size not given) are
+solved by the loop instead, the cell alone at each step, with the same implicit gradients computed for the whole
+sequence at once (:class:`_SequentialRecurrence`): with so few chunks Newton's warm-up and Jacobian sweeps cost
+more than the loop they replace.
 
 Gradients (implicit function theorem). The solution satisfies ``h_t = f(h_{t-1}, θ_t)``; for a loss with
 ``g_t = ∂L/∂h_t`` the adjoint ``λ_t = g_t + J_{t+1}^T λ_{t+1}`` is a reverse linear recurrence on the saved
@@ -77,6 +80,8 @@ Cell = Callable[..., tuple[Tensor, "Tensor | None"]]
 MODES = ("newton", "recurrent")
 DEFAULT_MAX_ITERS = 50
 STEP_ELEMENTS = 2**16  # state numbers per chunk step that amortise the per-operation overhead
+SEQUENTIAL_BELOW = 64  # on CPU, default solves of shorter sequences run the loop (:class:`_SequentialRecurrence`)
+MIN_CHUNK = 16  # the shortest chunk (and so warm-up) chosen by default for sequences of 2 MIN_CHUNK steps or more
 WARMUP_STEPS = 64  # steps run from zero to guess each chunk's start (~0.7^64 ≈ 1e-10 of the start left)
 
 
@@ -112,13 +117,21 @@ def default_chunk_size(length: int, step_elements: int, device: torch.device) ->
     per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (the ParaGRU layer's
     forward+backward, 2 threads, fastest of 6 interleaved runs: 490, 428, 416, 521 ms for C = 32, 64, 128,
     256; C = 32 needs a second iteration, its 32-step warm-up being too short; with the two-sweep backward,
-    C = 64, 96 and 128 are within noise of each other: 530, 484, 529 ms). On accelerators, 1
-    (DEER): there a step over whole sequences is one kernel per operation, and a few full-length iterations
-    beat many chunk steps (not timed here).
+    C = 64, 96 and 128 are within noise of each other: 530, 484, 529 ms). Sequences of at least
+    ``2 MIN_CHUNK`` steps get chunks of at least ``MIN_CHUNK``: a chunk is also the warm-up that guesses the
+    next one's start, and shorter warm-ups cost whole extra iterations (at (64, 40, 38), ParaGRU converges in 3
+    iterations with C = 6 and in 1 with C = 20). The chunks are then evened out (``T // (T // C)``), so the
+    ragged tail, run step by step, is shorter than the number of chunks. On accelerators, 1 (DEER): there a
+    step over whole sequences is one kernel per operation, and a few full-length iterations beat many chunk
+    steps (not timed here).
     """
     if device.type != "cpu":
         return 1
-    return min(length, max(round(math.sqrt(length)), math.ceil(length * step_elements / STEP_ELEMENTS)))
+    chunk = max(round(math.sqrt(length)), math.ceil(length * step_elements / STEP_ELEMENTS))
+    if length >= 2 * MIN_CHUNK:
+        chunk = max(chunk, MIN_CHUNK)
+    chunk = max(1, min(length, chunk))
+    return length // (length // chunk)
 
 
 # ----------------------------------------------------------------------------
@@ -505,6 +518,69 @@ class _NewtonRecurrence(torch.autograd.Function):
         return None, None, grad_h0 if ctx.needs_input_grad[2] else None, *grads
 
 
+def _loop_states(cell: Cell, xs: Sequence[Tensor], params: Sequence[Tensor], h0: Tensor) -> Tensor:
+    """All states ``(batch, time, *state)`` of the sequential loop, without Jacobians (no autograd)."""
+    h = h0.new_empty(h0.shape[0], xs[0].shape[1], *h0.shape[1:])
+    state = h0
+    for x_t, out_t in zip(zip(*(x.unbind(1) for x in xs)), h.unbind(1)):
+        state, _ = cell(state, *x_t, *params, jacobian=False)
+        out_t.copy_(state)
+    return h
+
+
+class _SequentialRecurrence(torch.autograd.Function):
+    """The sequential loop in the forward, and Newton's gradients (the implicit function theorem, as in
+    :class:`_Adjoint`) in the backward, each part computed for the whole sequence at once: the cell's
+    Jacobians (and residuals) by one evaluation on all ``(batch, time)`` states, ``λ`` by engine 2's reverse scan
+    over them, and every step's vector-Jacobian product by one call of the cell's ``vjp`` (or autograd) on the
+    whole sequence. Scratch ``xs`` are handled as by :class:`_NewtonRecurrence`.
+
+    For short sequences on CPU, where Newton's chunks would be few and short: the loop's steps are the cell
+    alone (no Jacobian), and the backward is a few whole-sequence operations instead of two sweeps of per-step
+    ones."""
+
+    @staticmethod
+    def forward(ctx, cell: Cell, ops: Transitions, settings: _Solve, h0: Tensor, *inputs: Tensor):
+        ctx.set_materialize_grads(False)
+        xs = inputs[: settings.n_xs]
+        h = _loop_states(cell, xs, inputs[settings.n_xs :], h0)
+        ctx.cell, ctx.ops, ctx.settings = cell, ops, settings
+        kept = inputs if settings.rebuild_xs is None else inputs[settings.n_xs :]
+        ctx.scratch, ctx.n_kept = (None if settings.rebuild_xs is None else list(xs)), len(kept)
+        ctx.save_for_backward(h, h0, *kept)
+        return h, h[:, -1].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: Tensor | None, grad_last: Tensor | None):
+        h, h0, *inputs = ctx.saved_tensors
+        settings, ops = ctx.settings, ctx.ops
+        scratch = settings.rebuild_xs is not None
+        needs = ctx.needs_input_grad[4:]
+        if grad_h is None and grad_last is None:
+            return None, None, None, None, *([None] * len(needs))
+        if scratch:  # the forward's xs the first time, fresh ones after (their first use holds gradients)
+            if ctx.scratch is None:
+                with torch.no_grad():
+                    ctx.scratch = [x.to(h.dtype) for x in settings.rebuild_xs()]
+            inputs, ctx.scratch = [*ctx.scratch, *inputs], None
+        xs, params = inputs[: settings.n_xs], inputs[settings.n_xs :]
+        h_prev = torch.cat([h0.unsqueeze(1), h[:, :-1]], dim=1)
+        _, jac, *kept = ctx.cell(h_prev, *xs, *params, jacobian=True)
+        lam = scan_adjoint(jac, torch.zeros_like(h) if grad_h is None else grad_h, grad_last, ops=ops)
+        grads = [None] * len(needs)
+        if any(needs):
+            got = _step_vjp(ctx.cell, h_prev, xs, params, lam, needs, kept[0] if kept else None)
+            for i, (grad, need) in enumerate(zip(got, needs)):
+                if need and grad is None:  # the cell does not use this input
+                    grad = torch.zeros_like(inputs[i])
+                if need and scratch and i < settings.n_xs:
+                    grad = inputs[i].copy_(grad)  # over the scratch input, as Newton's backward does
+                grads[i] = grad if need else None
+        grad_h0 = ops.apply(ops.transpose(jac[:, :1]), lam[:, :1]).squeeze(1) if ctx.needs_input_grad[3] else None
+        return None, None, None, grad_h0, *grads
+
+
 def nonlinear_recurrence(
     cell: Cell,
     xs: Sequence[Tensor],
@@ -528,7 +604,8 @@ def nonlinear_recurrence(
         mode: ``"newton"`` (parallel) or ``"recurrent"`` (:func:`nonlinear_recurrence_reference`).
         tol: stop when ``max |H^new - H| <= tol``; default :func:`default_tolerance` of the compute dtype.
         max_iters: Newton iterations before falling back to the sequential loop (with a warning).
-        chunk_size: steps per chunk, >= 1 (1 is DEER); default :func:`default_chunk_size`.
+        chunk_size: steps per chunk, >= 1 (1 is DEER); default :func:`default_chunk_size`, or on CPU for fewer
+            than ``SEQUENTIAL_BELOW`` steps the sequential solve (reported as one iteration of one chunk).
         rebuild_xs: declares ``xs`` scratch, intermediates the caller will not read again (``"newton"`` only):
             the backward then writes their gradients over them, sparing a buffer of their size (the ParaRNN
             layers' pre-activations at (8, 4096, 256): 96 MiB, which on CPU also costs ~25k page faults), and
@@ -557,5 +634,9 @@ def nonlinear_recurrence(
         chunk_size=chunk_size or default_chunk_size(length, h0.numel(), h0.device),
         rebuild_xs=rebuild_xs,
     )
+    if chunk_size is None and h0.device.type == "cpu" and length < SEQUENTIAL_BELOW:
+        ops = _jacobian_kind(cell, xs, h0, params)
+        h, h_last = _SequentialRecurrence.apply(cell, ops, settings, h0, *xs, *params)
+        return h, h_last, NewtonInfo(1, True, 0.0, length)
     h, h_last = _NewtonRecurrence.apply(cell, settings, h0, *xs, *params)
     return h, h_last, settings.info
