@@ -71,7 +71,7 @@ def negative_eigenvalues_modular() -> Claim:
             At("mamba [0,1]", "score", "<=", 0.5), At("mamba [-1,1]", "score", "<=", 0.5),
         )),  # fmt: skip
         budget=Budget(params=40_000, steps=10_000),
-        quick_budget=Budget(params=30_000, steps=3000),
+        quick_budget=Budget(params=30_000, steps=6000),
         train=CLAIM_TRAIN,
     )
 
@@ -124,8 +124,8 @@ def zoology_mqar() -> Claim:
         f"models at {MQAR_STATE} floats of state",
         arms=arms,
         rule=Ranking((("attention",), ("deltanet",), ("gla", "mamba2"), ("mamba",)), "train"),
-        budget=Budget(params=40_000, steps=4000),
-        quick_budget=Budget(params=40_000, steps=1200),
+        budget=Budget(params=40_000, steps=8000),
+        quick_budget=Budget(params=40_000, steps=2500),
         train=CLAIM_TRAIN,
     )
 
@@ -165,8 +165,8 @@ def just_read_twice() -> Claim:
         expected=f"read twice ≥ read once + 0.05 (scaled MQAR accuracy) for gla and mamba2 at {MQAR_STATE} floats",
         arms=arms,
         rule=AllOf((Beats("gla twice", "gla once", "train", 0.05), Beats("mamba2 twice", "mamba2 once", "train", 0.05))),
-        budget=Budget(params=40_000, steps=4000),
-        quick_budget=Budget(params=40_000, steps=1200),
+        budget=Budget(params=40_000, steps=8000),
+        quick_budget=Budget(params=40_000, steps=2500),
         train=CLAIM_TRAIN,
         # the claim lives where the state is too small for every pair: "learned" is half-way above chance
         learned_at=0.5,
