@@ -16,7 +16,7 @@ import operator
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
-__all__ = ["METRICS", "Rule", "At", "Beats", "Ranking", "Transition", "AllOf", "AnyOf", "Measured"]
+__all__ = ["METRICS", "Rule", "At", "Beats", "Ranking", "Transition", "AllOf", "AnyOf", "Measured", "rule_metrics"]
 
 METRICS = {
     "train": "scaled accuracy at training lengths (where the task is not trivial)",
@@ -149,43 +149,39 @@ class Transition:
 
 
 @dataclass(frozen=True)
-class AllOf:
-    """Every rule holds."""
+class _Combination:
+    """Rules joined into one: their texts, their arms, the first one's metric."""
 
     rules: tuple[Rule, ...]
 
     @property
     def metric(self) -> str:
         return self.rules[0].metric
-
-    def check(self, measured: Measured) -> tuple[bool, str]:
-        checks = [r.check(measured) for r in self.rules]
-        return all(h for h, _ in checks), "; ".join(t for _, t in checks)
 
     def arms(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(a for r in self.rules for a in r.arms()))
 
 
 @dataclass(frozen=True)
-class AnyOf:
+class AllOf(_Combination):
+    """Every rule holds."""
+
+    def check(self, measured: Measured) -> tuple[bool, str]:
+        checks = [r.check(measured) for r in self.rules]
+        return all(h for h, _ in checks), "; ".join(t for _, t in checks)
+
+
+@dataclass(frozen=True)
+class AnyOf(_Combination):
     """At least one rule holds."""
-
-    rules: tuple[Rule, ...]
-
-    @property
-    def metric(self) -> str:
-        return self.rules[0].metric
 
     def check(self, measured: Measured) -> tuple[bool, str]:
         checks = [r.check(measured) for r in self.rules]
         return any(h for h, _ in checks), " or ".join(f"({t})" for _, t in checks)
 
-    def arms(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(a for r in self.rules for a in r.arms()))
-
 
 def rule_metrics(rule: Rule) -> Sequence[str]:
     """Every metric a rule reads, in order."""
-    if isinstance(rule, (AllOf, AnyOf)):
+    if isinstance(rule, _Combination):
         return tuple(dict.fromkeys(m for r in rule.rules for m in rule_metrics(r)))
     return (rule.metric,)

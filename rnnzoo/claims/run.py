@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClaimResult", "evaluate_claim", "run_claims", "print_table", "write_json", "plot"]
 
-COLOURS = {REPRODUCED: "green", NOT_REPRODUCED: "red", INCONCLUSIVE: "yellow"}
+COLOURS = {REPRODUCED: "green", NOT_REPRODUCED: "red", INCONCLUSIVE: "yellow"}  # rich markup
+PLOT_COLOURS = {REPRODUCED: "green", NOT_REPRODUCED: "red", INCONCLUSIVE: "darkgoldenrod"}
 
 
 @dataclass
@@ -128,7 +129,8 @@ def write_json(path: str | Path, outcomes: Sequence[ClaimResult], header: dict) 
 
 
 def plot(outcomes: Sequence[ClaimResult], path: str | Path, title: str = "") -> None:
-    """One panel per claim: each arm's value of the metrics its rule reads (bars), the verdict in the title."""
+    """One panel per claim: each arm's value of the metrics its rule reads and of ``train`` (which decides
+    INCONCLUSIVE) as bars, the verdict in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +140,7 @@ def plot(outcomes: Sequence[ClaimResult], path: str | Path, title: str = "") -> 
     lines = -(-len(outcomes) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(7 * columns, 0.5 + 2.9 * lines), squeeze=False)
     for ax, o in zip(axes.flat, outcomes):
-        metrics = list(rule_metrics(o.claim.rule))
+        metrics = list(dict.fromkeys([*rule_metrics(o.claim.rule), "train"]))
         arms = [a.id for a in o.claim.arms if a.id in o.measured]
         height = 0.8 / len(metrics)
         for j, metric in enumerate(metrics):
@@ -150,7 +152,7 @@ def plot(outcomes: Sequence[ClaimResult], path: str | Path, title: str = "") -> 
         ax.axvline(0, color="0.5", lw=0.8)
         ax.legend(fontsize=6, loc="lower right")
         ax.set_title(
-            "\n".join(textwrap.wrap(f"{o.claim.name}: {o.verdict}", 60)), fontsize=9, color=COLOURS[o.verdict]
+            "\n".join(textwrap.wrap(f"{o.claim.name}: {o.verdict}", 60)), fontsize=9, color=PLOT_COLOURS[o.verdict]
         )
     for ax in list(axes.flat)[len(outcomes):]:
         ax.axis("off")
