@@ -390,7 +390,8 @@ def run_suite(
     result as it finishes; returns the results in suite order (failed runs left out, reported to ``on_run``).
 
     Each run trains on its own ``train.threads`` torch threads. ``jobs > 1`` trains that many runs at once, in
-    separate processes (``spawn``): a run's result does not depend on ``jobs``. Progress goes to ``console``
+    separate processes (``spawn``): a run's result does not depend on ``jobs``. As with any ``spawn`` pool, a
+    script that calls this with ``jobs > 1`` must guard its entry point with ``if __name__ == "__main__":``. Progress goes to ``console``
     (a rich Console; bars on a terminal, a line per finished run otherwise) unless ``quiet``.
     """
     runs = suite.runs() if isinstance(suite, Suite) else list(suite)
