@@ -1,16 +1,19 @@
 """``rnnzoo bench``: train sequence models on synthetic tasks and measure what they learn and extrapolate.
 
 For each :class:`~rnnzoo.bench.suites.RunConfig` of a suite, :func:`train_run` builds a
-:class:`~rnnzoo.models.SequenceModel` sized to the parameter budget, trains it with AdamW on batches drawn
-on the fly (cross-entropy on the task's scored positions) until the step or time budget runs out or it is
-solved, then scores it at training lengths and at every test length, from a fixed evaluation seed.
+:class:`~rnnzoo.models.SequenceModel` sized to the budget (parameters, or recurrent state), trains it with
+AdamW on batches drawn on the fly (cross-entropy on the task's scored positions) until the step budget (or a
+time cap) runs out or it is solved, then scores it at the task's train-score lengths and at every test
+length, from a fixed evaluation seed.
 
 Each finished run is cached as ``OUT/runs/<task>_<model>_s<seed>_<key>.json``, ``key`` a hash of the run's
-configuration (:meth:`RunConfig.key`), so an interrupted suite resumes and a finished run is not repeated
-(``force=True`` reruns). :mod:`rnnzoo.bench.report` turns the results into a table, JSON and a plot.
+configuration (:meth:`RunConfig.key`, thread count included), so an interrupted suite resumes and a finished
+run is not repeated (``force=True`` reruns); ``jobs > 1`` trains runs in parallel processes.
+:mod:`rnnzoo.bench.report` turns the results into a table, JSON and a plot.
 
 Accuracy is the fraction of scored positions predicted right; scaled accuracy is
-``(acc - chance) / (1 - chance)`` (0 at chance, 1 perfect), as in Grazzi et al. 2024.
+``(acc - chance) / (1 - chance)`` (0 at chance, 1 perfect), as in Grazzi et al. 2024; sequence accuracy is
+the fraction of sequences with every scored position right (Siems et al. 2025).
 """
 
 from __future__ import annotations
