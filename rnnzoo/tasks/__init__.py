@@ -16,14 +16,14 @@ vocabulary layout, lengths, scored positions, chance accuracy and the lengths of
 (torch.Size([4, 16]), 0.5)
 """
 
-from .base import Batch, PrefixTask, Task, list_tasks, make_task, register_task
+from .base import Batch, BitTask, PrefixTask, Task, list_tasks, make_task, register_task
 from .state_tracking import CycleNavigation, EvenPairs, ModularArithmetic, Parity
 from .groups import A5, S3, S5, GroupWordProblem
 from .recall import MQAR
 from .memory import Copying, InductionHeads, SelectiveCopying, WindowParity
 
 __all__ = [
-    "Batch", "Task", "PrefixTask", "list_tasks", "make_task", "register_task",
+    "Batch", "Task", "PrefixTask", "BitTask", "list_tasks", "make_task", "register_task",
     "Parity", "ModularArithmetic", "CycleNavigation", "EvenPairs",
     "GroupWordProblem", "S3", "A5", "S5", "MQAR", "Copying", "SelectiveCopying", "InductionHeads", "WindowParity",
 ]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .._checks import check_int
 
-__all__ = ["Batch", "Task", "PrefixTask", "register_task", "list_tasks", "make_task", "compose_prefix"]
+__all__ = ["Batch", "Task", "PrefixTask", "BitTask", "register_task", "list_tasks", "make_task", "compose_prefix"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,24 @@ class PrefixTask(Task):
         last[labelled.nonzero()[-1]] = True
         return last
 
+
+
+@dataclass(frozen=True)
+class BitTask(PrefixTask):
+    """A prefix task over uniform bit strings: ids 0, 1 are the bits, two classes."""
+
+    @property
+    def vocab_size(self) -> int:
+        return 2
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @staticmethod
+    def _bits(batch_size: int, length: int, generator: torch.Generator) -> Tensor:
+        """``(batch_size, length)`` uniform bits from ``generator``, on its device."""
+        return torch.randint(0, 2, (batch_size, length), generator=generator, device=generator.device)
 
 def compose_prefix(maps: Tensor) -> Tensor:
     """Running composition of maps of ``{0, …, n-1}`` to itself, each given as its table of images.

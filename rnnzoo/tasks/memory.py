@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from .._checks import check_int
-from .base import Batch, PrefixTask, Task, register_task
+from .base import Batch, BitTask, Task, register_task
 
 __all__ = ["Copying", "SelectiveCopying", "InductionHeads", "WindowParity"]
 
@@ -144,7 +144,7 @@ class InductionHeads(Task):
 
 @register_task
 @dataclass(frozen=True)
-class WindowParity(PrefixTask):
+class WindowParity(BitTask):
     """N-parity: the parity of the last ``window`` bits, ``label_t = x_{t-N+1} ⊕ … ⊕ x_t`` with ``N = window``.
 
     From "Emergent mechanisms for long timescales depend on training curriculum and affect performance in
@@ -166,14 +166,6 @@ class WindowParity(PrefixTask):
         super().__post_init__()
 
     @property
-    def vocab_size(self) -> int:
-        return 2
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
-    @property
     def min_length(self) -> int:
         return self.window
 
@@ -181,7 +173,7 @@ class WindowParity(PrefixTask):
         return f" (window: one full window of {self.window} bits)"
 
     def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
-        bits = torch.randint(0, 2, (batch_size, length), generator=generator, device=generator.device)
+        bits = self._bits(batch_size, length, generator)
         sums = torch.nn.functional.pad(bits.cumsum(1), (self.window, 0))
         targets = (sums[:, self.window :] - sums[:, :-self.window]) % 2
         mask = self._scored(torch.arange(length, device=bits.device) >= self.window - 1)

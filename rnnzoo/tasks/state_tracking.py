@@ -17,18 +17,14 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from .base import Batch, PrefixTask, compose_prefix, register_task
+from .base import Batch, BitTask, PrefixTask, compose_prefix, register_task
 
 __all__ = ["Parity", "ModularArithmetic", "CycleNavigation", "EvenPairs"]
 
 
-def _bits(batch_size: int, length: int, generator: torch.Generator) -> Tensor:
-    return torch.randint(0, 2, (batch_size, length), generator=generator, device=generator.device)
-
-
 @register_task
 @dataclass(frozen=True)
-class Parity(PrefixTask):
+class Parity(BitTask):
     """Running parity of a bit string: ``label_t = (x_1 + … + x_t) mod 2``.
 
     Vocabulary: ids 0, 1 are the bits. Classes: 0 even, 1 odd. Scored: every position (or the last).
@@ -38,16 +34,8 @@ class Parity(PrefixTask):
 
     name: ClassVar[str] = "parity"
 
-    @property
-    def vocab_size(self) -> int:
-        return 2
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
     def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
-        bits = _bits(batch_size, length, generator)
+        bits = self._bits(batch_size, length, generator)
         mask = self._scored(torch.ones(length, dtype=torch.bool, device=bits.device))
         return Batch(bits, bits.cumsum(1) % 2, mask.repeat(batch_size, 1))
 
@@ -167,7 +155,7 @@ class CycleNavigation(_ModularTask):
 
 @register_task
 @dataclass(frozen=True)
-class EvenPairs(PrefixTask):
+class EvenPairs(BitTask):
     """Whether a bit string has an even number of unequal adjacent pairs; equivalently ``x_1 == x_t``.
 
     A control task: a regular language that needs no counting. Vocabulary: ids 0, 1 the bits. Classes: 1 even,
@@ -179,14 +167,6 @@ class EvenPairs(PrefixTask):
     name: ClassVar[str] = "even_pairs"
 
     @property
-    def vocab_size(self) -> int:
-        return 2
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
-    @property
     def min_length(self) -> int:
         return 2
 
@@ -194,6 +174,6 @@ class EvenPairs(PrefixTask):
         return " (one pair at least)"
 
     def _sample(self, batch_size: int, length: int, generator: torch.Generator) -> Batch:
-        bits = _bits(batch_size, length, generator)
+        bits = self._bits(batch_size, length, generator)
         mask = self._scored(torch.arange(length, device=bits.device) > 0)
         return Batch(bits, (bits == bits[:, :1]).long(), mask.repeat(batch_size, 1))
