@@ -22,11 +22,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from .bench import capability, inspect, report, speed, suites
+from .bench.files import write_json_atomic
 from .registry import list_models, model_info
 
 if TYPE_CHECKING:
@@ -61,7 +62,6 @@ def _list(args: argparse.Namespace) -> int:
 def _train_step(args: argparse.Namespace) -> int:
     """Time one training step of every chosen model (default: the tier-1 models) beside lstm's; write JSON."""
     import dataclasses
-    import json
 
     from .bench import train_step
 
@@ -87,11 +87,8 @@ def _train_step(args: argparse.Namespace) -> int:
         f"{head['loadavg_1min']} at start"
     )
     train_step.report(rows, console, caption)
-    path = Path(args.json)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps({"header": head, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n")
-    partial.replace(path)
-    console.print(f"wrote {path}")
+    write_json_atomic(args.json, {"header": head, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2)
+    console.print(f"wrote {args.json}")
     return 0
 
 
@@ -167,6 +164,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_resumable(console: Console, out: Path, events: list, train: Callable[[], list]) -> list | None:
+    """``train()``, or None after Ctrl-C with a line saying how many finished runs are cached in ``out``."""
+    try:
+        return train()
+    except KeyboardInterrupt:
+        done = sum(e.result is not None for e in events)
+        console.print(f"interrupted: {done} finished run(s) are cached in {out}; run again to resume")
+        return None
+
+
+def _failed(console: Console, events: list) -> int:
+    """Report the runs that failed, if any; the exit code (1 if some failed, else 0)."""
+    failed = [e for e in events if e.error]
+    if failed:
+        console.print(f"{len(failed)} run(s) failed: " + "; ".join(e.error for e in failed), markup=False)
+    return 1 if failed else 0
+
+
 def _bench_caption(head: dict) -> str:
     load = f"load average {head.get('loadavg_1min', '?')} at start"
     if head.get("loadavg_1min_end") is not None:
@@ -229,18 +244,15 @@ def _bench(args: argparse.Namespace) -> int:
     head = {**speed.header(suite.train.threads, "cpu", ["rnnzoo", *args.argv]), "suite": suite.name, "jobs": args.jobs}
     events: list[capability.RunDone] = []
     start = time.perf_counter()
-    try:
-        results = capability.run_suite(
-            suite, out, force=args.force, jobs=args.jobs, console=console, quiet=args.quiet, on_run=events.append
-        )
-    except KeyboardInterrupt:
-        done = sum(e.result is not None for e in events)
-        console.print(f"interrupted: {done} finished run(s) are cached in {out}; run again to resume")
+    results = _run_resumable(console, out, events, lambda: capability.run_suite(
+        suite, out, force=args.force, jobs=args.jobs, console=console, quiet=args.quiet, on_run=events.append
+    ))  # fmt: skip
+    if results is None:
         return 130
     head["wall_seconds"] = round(time.perf_counter() - start, 1)
-    head["loadavg_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-    failed = [e for e in events if e.error]
+    head["loadavg_1min_end"] = speed.loadavg_1min()
     trained = sum(not e.cached and not e.error for e in events)
+    cached = sum(e.cached for e in events)
     rows = report.summarize(results)
     report.print_tables(rows, console, _bench_caption(head))
     report.write_results(out / "results.json", results, head, suite.notes)
@@ -250,14 +262,11 @@ def _bench(args: argparse.Namespace) -> int:
         report.plot(rows, plot, _plot_title(head))
         written.append(str(plot))
     console.print(
-        f"{len(events)} runs ({trained} trained, {len(events) - trained - len(failed)} from the cache) in "
+        f"{len(events)} runs ({trained} trained, {cached} from the cache) in "
         f"{_duration(head['wall_seconds'])}; wrote {', '.join(written)}",
         highlight=False,
     )
-    if failed:
-        console.print(f"{len(failed)} run(s) failed: " + "; ".join(e.error for e in failed), markup=False)
-        return 1
-    return 0
+    return _failed(console, events)
 
 
 def _claims_list(args: argparse.Namespace) -> int:
@@ -294,30 +303,23 @@ def _claims_run(args: argparse.Namespace) -> int:
             "seeds": list(seeds)}  # fmt: skip
     events: list[capability.RunDone] = []
     start = time.perf_counter()
-    try:
-        outcomes = claims_run.run_claims(
-            chosen, out, quick=args.quick, seeds=seeds, jobs=args.jobs, threads=args.threads, force=args.force,
-            console=console, quiet=args.quiet, on_run=events.append,
-        )  # fmt: skip
-    except KeyboardInterrupt:
-        done = sum(e.result is not None for e in events)
-        console.print(f"interrupted: {done} finished run(s) are cached in {out}; run again to resume")
+    outcomes = _run_resumable(console, out, events, lambda: claims_run.run_claims(
+        chosen, out, quick=args.quick, seeds=seeds, jobs=args.jobs, threads=args.threads, force=args.force,
+        console=console, quiet=args.quiet, on_run=events.append,
+    ))  # fmt: skip
+    if outcomes is None:
         return 130
     head["wall_seconds"] = round(time.perf_counter() - start, 1)
-    head["loadavg_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    head["loadavg_1min_end"] = speed.loadavg_1min()
     claims_run.print_table(outcomes, console, _bench_caption(head))
     claims_run.write_json(out / "claims.json", outcomes, head)
     claims_run.plot(outcomes, out / "claims.png", f"rnnzoo claims run{' --quick' if args.quick else ''}, "
                     f"{head['date'][:10]}, seeds {args.seeds}")  # fmt: skip
-    failed = [e for e in events if e.error]
     console.print(
         f"{len(events)} runs in {_duration(head['wall_seconds'])}; wrote {out / 'claims.json'}, {out / 'claims.png'}",
         highlight=False,
     )
-    if failed:
-        console.print(f"{len(failed)} run(s) failed: " + "; ".join(e.error for e in failed), markup=False)
-        return 1
-    return 0
+    return _failed(console, events)
 
 
 def _positive_int(text: str) -> int:
@@ -325,6 +327,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+        help=f"runs trained at once, one process each (default: the number of cores, {os.cpu_count()})",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,10 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument(
         "--threads", type=_positive_int, metavar="N", help="torch threads per run (default: the suite's, 1)"
     )
-    be.add_argument(
-        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
-        help=f"runs trained at once, one process each (default: the number of cores, {os.cpu_count()})",
-    )  # fmt: skip
+    _add_jobs(be)
     be.add_argument("--report", metavar="RESULTS_JSON", help="re-render a results.json's table and plot, no training")
     be.add_argument("--plot", metavar="PATH", help="the PNG (default accuracy.png beside results.json)")
     be.add_argument("--quiet", action="store_true", help="no progress output, only the tables")
@@ -382,10 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("names", nargs="*", metavar="NAME", help="claims to run (default: all; see `rnnzoo claims`)")
     cr.add_argument("--quick", action="store_true", help="the quick budgets (about 30 min for all, 2 cores, one seed)")
     cr.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help="seeds 0..N-1, best of seeds (default 1)")
-    cr.add_argument(
-        "--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
-        help=f"runs trained at once, one process each (default: the number of cores, {os.cpu_count()})",
-    )  # fmt: skip
+    _add_jobs(cr)
     cr.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="torch threads per run (default 1)")
     cr.add_argument("--out", metavar="DIR", help="results and run cache (default results/claims[-quick])")
     cr.add_argument("--force", action="store_true", help="rerun runs found in the cache")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ import torch.nn.functional as F
 
 from ..layers.base import RecurrentState
 from ..models import SequenceModel, state_size
+from .files import write_json_atomic
+from .speed import loadavg_1min
 from .suites import RunConfig, Suite
 
 __all__ = [
@@ -70,10 +71,6 @@ def _masked_loss_and_hits(model: SequenceModel, batch, state=None) -> tuple[torc
     targets = batch.targets[batch.mask]
     loss = F.cross_entropy(scored.float(), targets)
     return loss, int((scored.argmax(-1) == targets).sum()), targets.numel(), state
-
-
-def _loadavg() -> float | None:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 @torch.no_grad()
@@ -171,7 +168,7 @@ def _train_run(run: RunConfig, settings, budget, on_progress) -> dict:
     max_seconds = budget.seconds if budget.seconds is not None else math.inf
 
     history: list[list[float]] = []  # [step, loss, accuracy] at each check
-    loads = [_loadavg()]
+    loads = [loadavg_1min()]
     window_right = window_total = 0
     window_loss, solved_streak, step, stopped = 0.0, 0, 0, "steps"
     carried = None
@@ -205,7 +202,7 @@ def _train_run(run: RunConfig, settings, budget, on_progress) -> dict:
         if step % settings.eval_every == 0:
             progress = TrainProgress(step, window_loss / settings.eval_every, window_right / window_total)
             history.append([step, round(progress.loss, 5), round(progress.accuracy, 5)])
-            loads.append(_loadavg())
+            loads.append(loadavg_1min())
             if on_progress is not None:
                 on_progress(progress)
             solved_streak = solved_streak + 1 if progress.accuracy >= settings.solved_accuracy else 0
@@ -215,7 +212,7 @@ def _train_run(run: RunConfig, settings, budget, on_progress) -> dict:
                 stopped = "solved"
                 break
     train_seconds, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    loads.append(_loadavg())
+    loads.append(loadavg_1min())
     result = evaluate(model, task, settings.eval_batch_size, settings.eval_seed, settings.train_eval_lengths)
     chance = task.chance
     test = result["test"]
@@ -289,8 +286,8 @@ class RunDone:
 
 def _run_title(run: RunConfig, index: int, total: int) -> str:
     task = " ".join([run.task.name, *(f"{k}={v}" for k, v in run.task.config.items())])
-    extra = "".join(f" · {k}={getattr(run.train, k)}" for k in ("initial_state",) if getattr(run.train, k) != "zero")
-    return f"[{index + 1}/{total}] {task} · {run.model.display} · seed {run.seed}{extra}"
+    start = "" if run.train.initial_state == "zero" else f" · initial_state={run.train.initial_state}"
+    return f"[{index + 1}/{total}] {task} · {run.model.display} · seed {run.seed}{start}"
 
 
 def _run_line(event: RunDone) -> str:
@@ -359,11 +356,9 @@ class _Display:
 
 
 def _store(path: Path, result: dict) -> None:
-    """Write a result atomically: a temporary file renamed into place, so a cache entry is never half-written."""
+    """Cache a result atomically (:func:`~rnnzoo.bench.files.write_json_atomic`): never half-written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    partial.replace(path)
+    write_json_atomic(path, result)
 
 
 def _train_or_error(run: RunConfig, on_progress=None) -> tuple[dict | None, str | None]:
@@ -373,10 +368,6 @@ def _train_or_error(run: RunConfig, on_progress=None) -> tuple[dict | None, str 
         return train_run(run, on_progress), None
     except (RuntimeError, ValueError, TypeError) as e:
         return None, f"{type(e).__name__}: {e}"
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
 
 
 def run_suite(
@@ -394,8 +385,9 @@ def run_suite(
 
     Each run trains on its own ``train.threads`` torch threads. ``jobs > 1`` trains that many runs at once, in
     separate processes (``spawn``): a run's result does not depend on ``jobs``. As with any ``spawn`` pool, a
-    script that calls this with ``jobs > 1`` must guard its entry point with ``if __name__ == "__main__":``. Progress goes to ``console``
-    (a rich Console; bars on a terminal, a line per finished run otherwise) unless ``quiet``.
+    script that calls this with ``jobs > 1`` must guard its entry point with ``if __name__ == "__main__":``.
+    Progress goes to ``console`` (a rich Console; bars on a terminal, a line per finished run otherwise) unless
+    ``quiet``.
     """
     runs = suite.runs() if isinstance(suite, Suite) else list(suite)
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
@@ -410,6 +402,11 @@ def run_suite(
             if on_run is not None:
                 on_run(event)
 
+        def trained(i: int, result: dict | None, error: str | None) -> None:
+            if result is not None:
+                _store(cache_path(out, runs[i]), result)
+            finish(RunDone(i, len(runs), runs[i], result, cached=False, error=error))
+
         pending = []
         for i, run in enumerate(runs):
             cached = None if force else _load_cached(cache_path(out, run))
@@ -419,24 +416,17 @@ def run_suite(
                 pending.append(i)
         if jobs == 1:
             for i in pending:
-                result, error = _train_or_error(runs[i], display.start(runs[i], i, len(runs)))
-                if result is not None:
-                    _store(cache_path(out, runs[i]), result)
-                finish(RunDone(i, len(runs), runs[i], result, cached=False, error=error))
+                trained(i, *_train_or_error(runs[i], display.start(runs[i], i, len(runs))))
         elif pending:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context, initializer=_worker_init) as pool:
+            with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=context) as pool:
                 futures = {pool.submit(_train_or_error, runs[i]): i for i in pending}
                 try:
                     for future in as_completed(futures):
-                        i = futures[future]
-                        result, error = future.result()
-                        if result is not None:
-                            _store(cache_path(out, runs[i]), result)
-                        finish(RunDone(i, len(runs), runs[i], result, cached=False, error=error))
+                        trained(futures[future], *future.result())
                 except BaseException:
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise

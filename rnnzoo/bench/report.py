@@ -21,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from .files import write_json_atomic
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -183,9 +185,9 @@ def print_tables(rows: Sequence[dict], console: Console, caption: str = "") -> N
 
 
 def write_results(path: str | Path, results: Sequence[dict], header: dict, notes: Sequence[str] = ()) -> None:
-    """``{"header", "notes", "summary", "runs"}`` as JSON; ``runs`` are the full per-run records."""
+    """``{"header", "notes", "summary", "runs"}`` as JSON, atomically; ``runs`` are the full per-run records."""
     data = {"header": header, "notes": list(notes), "summary": summarize(results), "runs": list(results)}
-    Path(path).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    write_json_atomic(path, data)
 
 
 def load_results(path: str | Path) -> tuple[list[dict], dict, list[str]]:

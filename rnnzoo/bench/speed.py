@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import platform
 import statistics
@@ -58,6 +57,7 @@ from ..layers.base import RecurrentState
 from ..ops.delta_rule import delta_rule, delta_rule_flops, delta_rule_reference
 from ..ops.gated_linear_attention import chunk_flops
 from ..registry import create, list_models, model_info
+from .files import write_json_atomic
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -633,6 +633,11 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def loadavg_1min() -> float | None:
+    """The machine's 1-minute load average (None where the platform has none), to two decimals."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def header(threads: int, device: torch.device | str, argv: Sequence[str] = ()) -> dict:
     """What the JSON says about the run: versions, machine, settings, date, and the load average when called
     (other processes competing for the cores make multi-threaded timings unreliable)."""
@@ -644,7 +649,7 @@ def header(threads: int, device: torch.device | str, argv: Sequence[str] = ()) -
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "loadavg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "loadavg_1min": loadavg_1min(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "rnnzoo": __version__,
@@ -654,9 +659,8 @@ def header(threads: int, device: torch.device | str, argv: Sequence[str] = ()) -
 
 
 def write_json(path: str | Path, records: Sequence[Record], head: dict) -> None:
-    """Write ``{"header": head, "records": [...]}`` with sorted keys."""
-    data = {"header": head, "records": [dataclasses.asdict(r) for r in records]}
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write ``{"header": head, "records": [...]}`` with sorted keys, atomically."""
+    write_json_atomic(path, {"header": head, "records": [dataclasses.asdict(r) for r in records]}, indent=2)
 
 
 def _label(target: str, mode: str) -> str:

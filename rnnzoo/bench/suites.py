@@ -71,6 +71,9 @@ class SuiteError(ValueError):
     """A suite that cannot run: a bad file, field, task or model name; the message lists the valid choices."""
 
 
+INITIAL_STATES = ("zero", "noise", "carried")  # TrainSettings.initial_state
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """How every run of a suite trains and is evaluated.
@@ -108,6 +111,10 @@ class TrainSettings:
     threads: int = 1
     initial_state: str = "zero"
     state_noise: float = 1.0
+
+    def __post_init__(self):
+        if self.initial_state not in INITIAL_STATES:
+            raise SuiteError(f"`initial_state` must be one of {', '.join(INITIAL_STATES)}, got {self.initial_state!r}")
 
 
 @dataclass(frozen=True)
@@ -224,10 +231,6 @@ class Suite:
     train: TrainSettings = TrainSettings()
     notes: tuple[str, ...] = ()
 
-    def __post_init__(self):
-        if self.train.initial_state not in INITIAL_STATES:
-            raise SuiteError(f"`initial_state` must be one of {', '.join(INITIAL_STATES)}, got {self.train.initial_state!r}")
-
     def runs(self) -> list[RunConfig]:
         """Every run, task by task, then model, budget and seed."""
         return [
@@ -342,7 +345,6 @@ _TRAIN_TYPES = {
     "eval_batch_size": int, "train_eval_lengths": int, "eval_seed": int, "n_layers": int, "mlp": str,
     "mlp_ratio": (int, float), "threads": int, "initial_state": str, "state_noise": (int, float),
 }  # fmt: skip
-INITIAL_STATES = ("zero", "noise", "carried")
 _NON_NEGATIVE = {"weight_decay", "warmup_steps", "eval_seed"}
 
 
@@ -352,13 +354,12 @@ def _train(data: Any) -> TrainSettings:
         _typed("[train]", k, v, _TRAIN_TYPES[k], positive=k not in _NON_NEGATIVE)
     if "mlp" in data and data["mlp"] not in MLP_KINDS:
         raise SuiteError(f"[train]: `mlp` must be one of {', '.join(MLP_KINDS)}, got {data['mlp']!r}")
-    if "initial_state" in data and data["initial_state"] not in INITIAL_STATES:
-        raise SuiteError(
-            f"[train]: `initial_state` must be one of {', '.join(INITIAL_STATES)}, got {data['initial_state']!r}"
-        )
     if not 0 < data.get("solved_accuracy", 0.5) <= 1:
         raise SuiteError(f"[train]: `solved_accuracy` must lie in (0, 1], got {data['solved_accuracy']!r}")
-    return TrainSettings(**data)
+    try:
+        return TrainSettings(**data)
+    except SuiteError as e:
+        raise SuiteError(f"[train]: {e}") from None
 
 
 def _budget(i: int, data: Any, default: Budget) -> Budget:

@@ -8,13 +8,13 @@ seeds (as the papers report), and each claim says how many seeds, judged alone, 
 
 from __future__ import annotations
 
-import json
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..bench import capability
+from ..bench.files import write_json_atomic
 from .claim import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Claim, best_of_seeds, measure, verdict
 from .rules import rule_metrics
 
@@ -121,11 +121,7 @@ def print_table(outcomes: Sequence[ClaimResult], console: Console, caption: str 
 def write_json(path: str | Path, outcomes: Sequence[ClaimResult], header: dict) -> None:
     """``{"header", "claims", "runs"}``, written atomically (a temporary file renamed into place)."""
     runs = {r["key"]: r for o in outcomes for r in o.runs}
-    data = {"header": header, "claims": [o.to_json() for o in outcomes], "runs": list(runs.values())}
-    path = Path(path)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    partial.replace(path)
+    write_json_atomic(path, {"header": header, "claims": [o.to_json() for o in outcomes], "runs": list(runs.values())})
 
 
 def plot(outcomes: Sequence[ClaimResult], path: str | Path, title: str = "") -> None:
