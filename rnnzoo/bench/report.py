@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 __all__ = [
-    "EXTRAPOLATES", "extrapolates", "is_solved", "load_results", "plot", "print_tables", "score", "summarize",
-    "write_results",
+    "EXTRAPOLATES", "extrapolates", "is_solved", "load_results", "plot", "print_tables", "score", "score_lengths",
+    "summarize", "write_results",
 ]  # fmt: skip
 
 EXTRAPOLATES = 0.9  # extrapolation score (mean scaled accuracy beyond training) for the "extrapolates" mark
@@ -44,9 +44,14 @@ def _beyond(result: dict) -> list[int]:
     return [n for n in _test_lengths(result) if n > result["train_lengths"][1]]
 
 
+def score_lengths(result: dict) -> list[int]:
+    """The test lengths a score is taken over: those beyond training (all of them if none is)."""
+    return _beyond(result) or _test_lengths(result)
+
+
 def score(result: dict) -> float:
     """The extrapolation score: mean scaled accuracy over the test lengths beyond training (or over all)."""
-    return statistics.fmean(result["scaled"][str(n)] for n in _beyond(result) or _test_lengths(result))
+    return statistics.fmean(result["scaled"][str(n)] for n in score_lengths(result))
 
 
 def is_solved(result: dict) -> bool:

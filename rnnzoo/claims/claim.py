@@ -17,7 +17,7 @@ import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
-from ..bench.report import score
+from ..bench.report import score, score_lengths
 from ..bench.suites import Budget, ModelSpec, RunConfig, TaskSpec, TrainSettings
 from .rules import Rule
 
@@ -75,16 +75,10 @@ class Claim:
         return out
 
 
-def _beyond(result: dict) -> list[str]:
-    high = result["train_lengths"][1]
-    lengths = sorted(int(n) for n in result["accuracy"] if n != "train")
-    return [str(n) for n in (n for n in lengths if n > high)] or [str(n) for n in lengths]
-
-
 def measure(result: dict) -> dict[str, float]:
     """The metrics of :data:`~rnnzoo.claims.rules.METRICS` from one run's result record."""
     sequence = result.get("sequence_accuracy", {})
-    beyond = _beyond(result)
+    beyond = [str(n) for n in score_lengths(result)]
     return {
         "train": result["scaled"]["train"],
         "score": score(result),
