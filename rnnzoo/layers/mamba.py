@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import linear_scan_operator, selective_scan, selective_scan_reference
+from ..ops import linear_scan_operator, selective_scan, selective_scan_reference, selective_transition
 from ..registry import register
 from .base import RecurrentState, SequenceLayer, channel_groups, dt_bias_init, state_dtype
 from .conv import CausalConv1d
@@ -139,9 +139,7 @@ class Mamba(SequenceLayer):
         the operator view and the eigenvalues do.
         """
         dt, A, B, C = self._selection(u)
-        a = torch.exp(dt.unsqueeze(-1) * A)
-        if self.negative_eigenvalues:
-            a = 2 * a - 1
+        a = selective_transition(dt, A, self.negative_eigenvalues)
         v = u if v is None else v
         return a, (dt * v.to(dt.dtype)).unsqueeze(-1) * B.unsqueeze(-2), C
 

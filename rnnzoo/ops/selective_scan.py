@@ -54,7 +54,7 @@ from torch import Tensor
 
 from .._checks import check_int
 
-__all__ = ["default_selective_chunk", "selective_scan", "selective_scan_reference"]
+__all__ = ["default_selective_chunk", "selective_scan", "selective_scan_reference", "selective_transition"]
 
 _LOG2_E = 1.0 / math.log(2.0)
 
@@ -106,6 +106,14 @@ def _output_dtype(in_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dt
 # recurrent form
 
 
+def selective_transition(delta: Tensor, A: Tensor, negative_eigenvalues: bool = False) -> Tensor:
+    """The discretised transition ``a = exp(Δ A)`` (zero-order hold), or ``2 exp(Δ A) - 1`` with
+    ``negative_eigenvalues``: ``delta`` ``(..., d_inner)`` and ``A`` ``(d_inner, d_state)`` give
+    ``(..., d_inner, d_state)``."""
+    a = torch.exp(delta.unsqueeze(-1) * A)
+    return 2 * a - 1 if negative_eigenvalues else a
+
+
 def selective_scan_reference(
     u: Tensor,
     delta: Tensor,
@@ -136,9 +144,7 @@ def selective_scan_reference(
     h = u.new_zeros(u.shape[0], *A.shape) if h0 is None else h0
     ys = []
     for u_t, d_t, B_t, C_t in zip(u.unbind(1), delta.unbind(1), B.unbind(1), C.unbind(1)):
-        a_t = torch.exp(d_t.unsqueeze(-1) * A)
-        if negative_eigenvalues:
-            a_t = 2 * a_t - 1
+        a_t = selective_transition(d_t, A, negative_eigenvalues)
         h = a_t * h + (d_t * u_t).unsqueeze(-1) * B_t.unsqueeze(-2)
         ys.append((h * C_t.unsqueeze(-2)).sum(-1))
     y = torch.stack(ys, dim=1)
@@ -161,8 +167,8 @@ def default_selective_chunk(batch: int, d_inner: int, d_state: int) -> int:
 
 
 def _transition(delta: Tensor, A2: Tensor, negative_eigenvalues: bool, out: Tensor) -> Tensor:
-    """``a = exp(Δ A)`` (or ``2 exp(Δ A) - 1``) written into ``out`` ``(l, batch, d_state, d_inner)``, for
-    ``delta`` ``(l, batch, d_inner)`` and ``A2 = A log2(e)`` ``(d_state, d_inner)``."""
+    """:func:`selective_transition` in the chunked form's layout, written into ``out`` ``(l, batch, d_state,
+    d_inner)``, for ``delta`` ``(l, batch, d_inner)`` and ``A2 = A log2(e)`` ``(d_state, d_inner)``."""
     torch.mul(delta.unsqueeze(-2), A2, out=out)
     out.exp2_()
     if negative_eigenvalues:
