@@ -191,7 +191,7 @@ class SequenceLayer(nn.Module):
         """
         self._check_input(x, "x", ("batch", "time", "d_model"))
         self._check_state(state, x.shape[0])
-        return self._forward(x, state, self._resolve_mode(mode))
+        return self._forward(x, state, self._resolve_mode(mode, x))
 
     def step(self, x_t: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
         """Advance one token: ``x_t`` of shape ``(batch, d_model)`` -> ``(y_t, state)``."""
@@ -273,11 +273,14 @@ class SequenceLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}: `mode` must be one of {self.modes}, got {mode!r}")
         return mode
 
-    def _resolve_mode(self, mode: str | None) -> str:
+    def _resolve_mode(self, mode: str | None, x: Tensor) -> str:
         mode = self.mode if mode is None else self._check_mode(mode)
-        if mode == "auto":
-            return self.parallel_modes[0] if self.parallel_modes else "recurrent"
-        return mode
+        return self._auto_mode(x) if mode == "auto" else mode
+
+    def _auto_mode(self, x: Tensor) -> str:
+        """The form ``"auto"`` runs for the (checked) input ``x``: the first parallel mode, or the loop if the
+        layer has none. A layer whose fastest form depends on the input's length or device overrides this."""
+        return self.parallel_modes[0] if self.parallel_modes else "recurrent"
 
     def _check_input(self, x: Tensor, name: str, dims: tuple[str, ...]) -> None:
         where = type(self).__name__

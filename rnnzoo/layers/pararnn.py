@@ -295,17 +295,12 @@ class _ParaRNN(SequenceLayer):
         for p in self._recurrent_weights():
             p.normal_(0, 2 / math.sqrt(5 * d))
 
-    def forward(
-        self, x: Tensor, state: RecurrentState | None = None, *, mode: str | None = None
-    ) -> tuple[Tensor, RecurrentState]:
-        """As :meth:`SequenceLayer.forward`, except that on CPU ``"auto"`` runs the loop (``"recurrent"``) for
-        sequences of ``SEQUENTIAL_BELOW`` (the engine's own sequential solve, below) up to :attr:`loop_below`
-        steps, where it is the faster form."""
-        auto = (self.mode if mode is None else mode) == "auto"
-        short = isinstance(x, Tensor) and x.dim() == 3 and SEQUENTIAL_BELOW <= x.shape[1] < self.loop_below
-        if auto and short and x.device.type == "cpu":
-            mode = "recurrent"
-        return super().forward(x, state, mode=mode)
+    def _auto_mode(self, x: Tensor) -> str:
+        """On CPU the loop (``"recurrent"``) for sequences of ``SEQUENTIAL_BELOW`` (the engine's own sequential
+        solve, below) up to :attr:`loop_below` steps, where it is the faster form; else the engine."""
+        if x.device.type == "cpu" and SEQUENTIAL_BELOW <= x.shape[1] < self.loop_below:
+            return "recurrent"
+        return super()._auto_mode(x)
 
     def _recurrent_weights(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, name) for name in self.recurrent_rows)
