@@ -200,12 +200,16 @@ def state_passing() -> Claim:
 
 
 STREAMING_LENGTHS = (2, 3, 4, 6, 8, 12, 16)
+# The paper's subject is one recurrent network, h_t = tanh(W h_{t-1} + U x_t), read out at every step: one
+# Elman block without an MLP, not the benchmark's two blocks with MLPs, whose extra depth can fit the
+# short training sequences by other means than a two-state machine.
+STREAMING_RNN = ModelSpec("elman", n_layers=1, mlp="none", label="elman (1 layer, no MLP)")
 
 
 def streaming_parity() -> Claim:
     arms = tuple(
         Arm(f"train ≤ {n}", TaskSpec("parity", {"train_lengths": [1, n], "test_lengths": [64, 128, 256]}),
-            ModelSpec("elman"))
+            STREAMING_RNN)
         for n in STREAMING_LENGTHS
     )  # fmt: skip
     return Claim(

@@ -275,18 +275,34 @@ class _ChunkwiseDeltaRule(torch.autograd.Function):
         return (*grads, grad_log_alpha, grad_h0.view(batch, heads, d_k, d_v) if ctx.has_h0 else None)
 
 
+MIN_HEAD_DIM = 8  # thinner heads are zero-padded to this width (see _chunkwise)
+
+
 def _chunkwise(q, k, v, beta, log_alpha, h0, chunk: int) -> tuple[Tensor, Tensor]:
-    length = q.shape[2]
+    """Pads time to whole chunks, and head dims below :data:`MIN_HEAD_DIM` with zeros, then runs the chunks.
+
+    Zero key and value columns leave the recurrence exact: a zero key entry makes its row of ``I - β k k^T``
+    the identity and adds nothing to that row of ``S``, which starts at zero; a zero value column keeps that
+    column of ``S`` zero. The padding pays for itself: batched matmuls over operands under 8 wide run far
+    below their rate on CPU (at B·H = 256, T = 40, C = 8, one thread, head dims of 5-7 padded to 8 take
+    0.7-0.8 times the time of the forward+backward unpadded).
+    """
+    length, d_k, d_v = q.shape[2], q.shape[-1], v.shape[-1]
     n_chunks = -(-length // chunk)
     pad = n_chunks * chunk - length
+    pad_k, pad_v = max(0, MIN_HEAD_DIM - d_k), max(0, MIN_HEAD_DIM - d_v)
     if log_alpha is None:
         log_alpha = torch.zeros_like(beta)
-    if pad:  # padded steps: β = 0 (no update), α = 1 (no decay), q = 0
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    if pad or pad_k or pad_v:  # padded steps: β = 0 (no update), α = 1 (no decay), q = 0
+        q, k, v = F.pad(q, (0, pad_k, 0, pad)), F.pad(k, (0, pad_k, 0, pad)), F.pad(v, (0, pad_v, 0, pad))
         beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
+        if h0 is not None:
+            h0 = F.pad(h0, (0, pad_v, 0, pad_k))
     chunked = (t.unflatten(2, (n_chunks, chunk)) for t in (q, k, v, beta, log_alpha))
     out, last = _ChunkwiseDeltaRule.apply(*chunked, h0)
-    return out.flatten(2, 3)[:, :, :length], last
+    if pad_k or pad_v:
+        last = last[..., :d_k, :d_v].contiguous()
+    return out.flatten(2, 3)[:, :, :length, :d_v], last
 
 
 def default_chunk_size(length: int, d_k: int = 64, d_v: int = 64) -> int:
