@@ -18,6 +18,7 @@ model, mode or dtype) exit with code 2 and a message naming the valid choices.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -26,8 +27,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from .bench import capability, inspect, report, speed, suites
-from .bench.files import write_json_atomic
+from .bench import capability, inspect, machine, report, speed, suites
+from .bench.files import DirectoryBusy, DirectoryLock, write_json_atomic
 from .registry import list_models, model_info
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def _train_step(args: argparse.Namespace) -> int:
 
     if args.quick or args.step or args.mode or args.forward_only:
         args.error("--train-step times whole training steps; drop --quick/--step/--mode/--forward-only")
+    _check_output_file(args, "--json", Path(args.json))
     registered = {m.name for m in list_models()}
     names = args.model or [n for n in suites.TIER1 if n in registered]
     unknown = [n for n in names if n not in registered]
@@ -96,6 +98,7 @@ def _speed(args: argparse.Namespace) -> int:
     """Time the chosen targets (or the --quick suite, or --step rows), print the tables, write the JSON."""
     if args.train_step:
         return _train_step(args)
+    _check_output_file(args, "--json", Path(args.json))
     args.batch, args.length, args.threads = args.batch or 8, args.length or 1024, args.threads or 2
     if args.quick and (args.model or args.mode or args.step):
         args.error("--quick runs a preset suite; drop --model/--mode/--step")
@@ -148,6 +151,8 @@ def _inspect(args: argparse.Namespace) -> int:
     if not inspect.materializes(info.cls):
         valid = ", ".join(m.name for m in list_models() if inspect.materializes(m.cls))
         args.error(f"{args.model} does not materialise its operator (no `materialize`); models that do: {valid}")
+    out = Path(args.out or f"operator_{args.model}.png")
+    _check_output_file(args, "--out", out)
     try:
         layer = inspect.build_layer(args.model, args.d_model, kwargs, args.checkpoint, args.seed)
     except (TypeError, ValueError, RuntimeError, OSError) as e:
@@ -158,10 +163,29 @@ def _inspect(args: argparse.Namespace) -> int:
         args.error(f"--group must lie in [0, {M.shape[0]}): {args.model} has {M.shape[0]} groups")
     source = f"checkpoint {Path(args.checkpoint).name}" if args.checkpoint else f"random init (seed {args.seed})"
     title = f"{args.model}: implicit operator M, T={args.length}, d_model={args.d_model}, {source}"
-    out = args.out or f"operator_{args.model}.png"
     inspect.plot_operator(M, groups, out, title, log=args.log)
     print(f"wrote {out}: M of {args.model} is {M.shape[0]} groups × {args.length} × {args.length}, showing {groups}")
     return 0
+
+
+def _hold_out_dir(args: argparse.Namespace, out: Path) -> DirectoryLock:
+    """Take ``out`` for this command before any work: one line and exit code 2 if it cannot be written or
+    another rnnzoo process is writing there (two runs would overwrite each other's results)."""
+    try:
+        return DirectoryLock(out).acquire()
+    except DirectoryBusy as e:
+        args.error(f"--out {out}: {e}; wait for it or choose another --out")
+    except OSError as e:
+        args.error(f"--out {out}: cannot write there ({e.strerror or e})")
+
+
+def _check_output_file(args: argparse.Namespace, option: str, path: Path) -> None:
+    """Exit 2 now if ``path`` could not be written later, after the work is done."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        args.error(f"{option} {path}: is a directory; give a file name")
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        args.error(f"{option} {path}: cannot write there (no writable directory {parent})")
 
 
 def _run_resumable(console: Console, out: Path, events: list, train: Callable[[], list]) -> list | None:
@@ -210,12 +234,13 @@ def _bench_report(args: argparse.Namespace) -> int:
         results, head, notes = report.load_results(args.report)
     except ValueError as e:
         args.error(str(e))
+    plot = Path(args.plot or Path(args.report).with_name("accuracy.png"))
+    _check_output_file(args, "--plot", plot)
     console = _console()
     for note in notes:
         console.print(f"note: {note}", highlight=False)
     rows = report.summarize(results)
     report.print_tables(rows, console, _bench_caption(head))
-    plot = Path(args.plot or Path(args.report).with_name("accuracy.png"))
     if rows:
         report.plot(rows, plot, _plot_title(head))
         console.print(f"wrote {plot}")
@@ -240,7 +265,17 @@ def _bench(args: argparse.Namespace) -> int:
     if not suite.models:
         args.error(f"suite {suite.name!r}: none of its models is registered")
     out = Path(args.out or "results/bench")
-    out.mkdir(parents=True, exist_ok=True)
+    if args.plot:
+        _check_output_file(args, "--plot", Path(args.plot))
+    lock = _hold_out_dir(args, out)
+    try:
+        return _bench_in(args, suite, out, console)
+    finally:
+        lock.release()
+
+
+def _bench_in(args: argparse.Namespace, suite: suites.Suite, out: Path, console: Console) -> int:
+    """:func:`_bench` once ``out`` is held."""
     head = {**speed.header(suite.train.threads, "cpu", ["rnnzoo", *args.argv]), "suite": suite.name, "jobs": args.jobs}
     events: list[capability.RunDone] = []
     start = time.perf_counter()
@@ -250,7 +285,7 @@ def _bench(args: argparse.Namespace) -> int:
     if results is None:
         return 130
     head["wall_seconds"] = round(time.perf_counter() - start, 1)
-    head["loadavg_1min_end"] = speed.loadavg_1min()
+    head["loadavg_1min_end"] = machine.loadavg_1min()
     trained = sum(not e.cached and not e.error for e in events)
     cached = sum(e.cached for e in events)
     rows = report.summarize(results)
@@ -289,15 +324,24 @@ def _claims_list(args: argparse.Namespace) -> int:
 def _claims_run(args: argparse.Namespace) -> int:
     """Train the chosen claims' runs (what is not cached), print the verdicts, write claims.json and a PNG."""
     from . import claims
-    from .claims import run as claims_run
 
     try:
         chosen = claims.get_claims(args.names)
     except ValueError as e:
         args.error(str(e))
-    console = _console()
     out = Path(args.out or ("results/claims-quick" if args.quick else "results/claims"))
-    out.mkdir(parents=True, exist_ok=True)
+    lock = _hold_out_dir(args, out)
+    try:
+        return _claims_run_in(args, chosen, out)
+    finally:
+        lock.release()
+
+
+def _claims_run_in(args: argparse.Namespace, chosen: list, out: Path) -> int:
+    """:func:`_claims_run` once ``out`` is held."""
+    from .claims import run as claims_run
+
+    console = _console()
     seeds = tuple(range(args.seeds))
     head = {**speed.header(args.threads, "cpu", ["rnnzoo", *args.argv]), "quick": args.quick, "jobs": args.jobs,
             "seeds": list(seeds)}  # fmt: skip
@@ -310,7 +354,7 @@ def _claims_run(args: argparse.Namespace) -> int:
     if outcomes is None:
         return 130
     head["wall_seconds"] = round(time.perf_counter() - start, 1)
-    head["loadavg_1min_end"] = speed.loadavg_1min()
+    head["loadavg_1min_end"] = machine.loadavg_1min()
     claims_run.print_table(outcomes, console, _bench_caption(head))
     claims_run.write_json(out / "claims.json", outcomes, head)
     claims_run.plot(outcomes, out / "claims.png", f"rnnzoo claims run{' --quick' if args.quick else ''}, "
@@ -326,6 +370,14 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (``inf`` would time forever; ``nan`` and negatives mean nothing)."""
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, got {text}")
     return value
 
 
@@ -420,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     sp.add_argument("--repeats", type=_positive_int, default=3, help="minimum timed calls per row (default 3)")
     sp.add_argument(
-        "--budget", type=float, default=0.3, help="minimum seconds of timed calls per row, fast rows repeat more"
+        "--budget", type=_seconds, default=0.3, help="minimum seconds of timed calls per row, fast rows repeat more"
     )
     sp.add_argument("--forward-only", action="store_true", help="skip forward+backward")
     sp.add_argument(

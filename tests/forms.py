@@ -79,3 +79,20 @@ def assert_forms_agree(layer, x: Tensor, forms, rtol=1e-6, atol=1e-8, split: int
             torch.testing.assert_close(
                 got[2][k], ref[2][k], rtol=rtol, atol=atol, msg=lambda m: f"{form} vs {ref_name} grad {k}: {m}"
             )
+
+
+def strong_decay_cases(shape: tuple[int, ...]) -> dict[str, Tensor]:
+    """Log decays (float64, time on dim 2) that defeat decay ratios taken from a running sum: one reset
+    (-1e4 at t = 2 among -1e-4), and decays alternating between near 0 (log α = -20) and near 1 (-1e-4)."""
+    reset = torch.full(shape, -1e-4, dtype=torch.float64)
+    reset[:, :, 2] = -1e4
+    alternating = torch.full(shape, -1e-4, dtype=torch.float64)
+    alternating[:, :, ::2] = -20.0
+    return {"reset": reset, "alternating": alternating}
+
+
+def assert_float32_close(got: Tensor, want: Tensor, rel: float = 1e-5) -> None:
+    """``got`` (float32) within ``rel`` of ``want`` (a float64 loop), relative to ``want``'s largest entry."""
+    error = (got.double() - want).abs().max() / want.abs().max()
+    assert error <= rel, f"float32 error {error:.2e} relative to the float64 loop (bound {rel:g})"
+

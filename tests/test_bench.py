@@ -128,6 +128,26 @@ def test_report_rerenders_without_training(tmp_path, capsys, counted):
     assert "not an `rnnzoo bench` results.json" in capsys.readouterr().err
 
 
+def test_report_of_a_hand_edited_results_file_exits_2_naming_the_problem(tmp_path, capsys):
+    assert bench(tmp_path, "--suite", write(tmp_path, TINY_HEAD + MINGRU)) == 0
+    capsys.readouterr()
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    run = data["runs"][0]
+    edits = [
+        ("runs", [1]), ("runs", [{}]), ("header", []), ("notes", 3),
+        ("runs", [{**run, "accuracy": {"train": "high", "8": 0.5}}]), ("runs", [{**run, "scaled": {"train": 1.0}}]),
+        ("runs", [{**run, "train_lengths": [3]}]), ("runs", [{**run, "chance": None}]),
+        ("runs", [{**run, "config": {**run["config"], "train": {}}}]), ("runs", [{**run, "seed": "0"}]),
+    ]  # fmt: skip
+    for field, value in edits:
+        path = tmp_path / "edited.json"
+        path.write_text(json.dumps({**data, field: value}))
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "--report", str(path), "--plot", str(tmp_path / "p.png")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err and "edited.json" in err, (field, value, err)
+
+
 def test_seeds_give_best_and_mean(tmp_path, capsys):
     assert bench(tmp_path, "--suite", write(tmp_path, TINY_HEAD + MINGRU), "--seeds", "2", "--quiet") == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -172,6 +192,35 @@ def test_run_key_tracks_the_config():
     # the task's defaults are part of the key: spelling one out changes nothing
     same = suites.RunConfig(suites.TaskSpec("parity", {"dense": True}), run.model, run.budget, run.seed, run.train)
     assert same.key() == run.key()
+
+
+def test_run_key_tracks_the_code_the_run_uses(monkeypatch, tmp_path):
+    """Editing a module a run imports (here: the delta rule engine) retrains that run, and only runs using it."""
+    from rnnzoo.bench import provenance
+
+    def run(name: str) -> suites.RunConfig:
+        return suites.RunConfig(suites.TaskSpec("parity"), suites.ModelSpec(name), suites.Budget(), 0, suites.TrainSettings())
+
+    assert "rnnzoo.ops.delta_rule" in provenance.modules_used(("rnnzoo.layers.deltanet",))
+    assert "rnnzoo.ops.delta_rule" not in provenance.modules_used(("rnnzoo.layers.classic",))
+    before = {name: run(name).key() for name in ("deltanet", "lstm")}
+    real_path, edited = provenance._path, tmp_path / "delta_rule.py"
+    edited.write_text(real_path("rnnzoo.ops.delta_rule").read_text() + "\n# edited\n")
+    monkeypatch.setattr(provenance, "_path", lambda m: edited if m == "rnnzoo.ops.delta_rule" else real_path(m))
+    assert run("deltanet").key() != before["deltanet"]
+    assert run("lstm").key() == before["lstm"]
+
+
+def test_cached_files_that_are_not_this_runs_result_are_retrained(tmp_path, capsys, counted):
+    suite = write(tmp_path, TINY_HEAD + MINGRU)
+    assert bench(tmp_path, "--suite", suite) == 0
+    (path,) = (tmp_path / "out" / "runs").iterdir()
+    record = json.loads(path.read_text())
+    for bad in ({}, {**record, "key": "0123456789abcdef"}, {**record, "accuracy": {}}, [1, 2]):
+        path.write_text(json.dumps(bad))  # empty, copied from another run, hand-edited, not a record
+        assert bench(tmp_path, "--suite", suite) == 0
+        assert json.loads(path.read_text())["key"] == record["key"]
+    assert len(counted) == 5
 
 
 def test_builtin_suites_skip_unregistered_models(monkeypatch):
@@ -301,3 +350,34 @@ def test_budgets_size_to_params_or_to_state():
     with pytest.raises(suites.SuiteError, match="budgets\\[0\\]: `match`"):
         suites.suite_from_dict({"tasks": [{"name": "parity"}], "models": [{"name": "gla"}],
                                 "budgets": [{"steps": 5, "match": "flops"}]})  # fmt: skip
+
+
+def test_unusable_out_or_plot_exits_2_before_any_training(tmp_path, capsys, counted):
+    suite = write(tmp_path, TINY_HEAD + MINGRU)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for args in (["--out", str(a_file / "out")], ["--plot", str(tmp_path / "missing" / "plot.png")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", "--suite", suite, "--jobs", "1", *args])
+        assert exit_info.value.code == 2
+        assert "cannot write there" in capsys.readouterr().err
+    assert counted == []
+
+
+def test_a_busy_out_dir_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys, counted):
+    import os
+    import subprocess
+
+    suite = write(tmp_path, TINY_HEAD + MINGRU)
+    lock = tmp_path / "out" / ".lock"
+    lock.parent.mkdir()
+    lock.write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(SystemExit) as exit_info:
+        bench(tmp_path, "--suite", suite)
+    assert exit_info.value.code == 2 and "in use by another rnnzoo process" in capsys.readouterr().err
+    assert counted == []
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # its holder died: the next run takes it over, and lets it go
+    assert bench(tmp_path, "--suite", suite) == 0
+    assert len(counted) == 1 and not lock.exists()

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forms import assert_float32_close, strong_decay_cases
 from rnnzoo.ops.delta_rule import _unit_lower_inverse, default_chunk_size, delta_rule, delta_rule_reference
 
 
@@ -195,3 +196,13 @@ def test_automatic_chunk_is_the_explicit_one(length, gated):
     for x, y in zip(auto, explicit):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     assert_chunk_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("case", ["reset", "alternating"])
+def test_float32_stays_accurate_after_a_strong_decay_inside_a_chunk(case):
+    q, k, v, beta, _, h0 = make_inputs(2, 2, 64, 8, 8, beta_max=1.0)
+    log_alpha = strong_decay_cases((2, 2, 64))[case]
+    want, want_last = delta_rule_reference(q, k, v, beta, log_alpha, h0)
+    got, last = delta_rule(*(t.float() for t in (q, k, v, beta, log_alpha, h0)), chunk_size=64)
+    assert_float32_close(got, want)
+    assert_float32_close(last, want_last)

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from forms import assert_float32_close, strong_decay_cases
 from rnnzoo.ops import gated_linear_attention, gated_linear_attention_reference
 from rnnzoo.ops.gated_linear_attention import default_chunk_size, gla_operator, least_padding_chunk
 
@@ -257,3 +258,18 @@ def test_automatic_chunk_is_the_explicit_one(decay, length):
     for x, y in zip(auto, explicit):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     assert_chunk_matches_reference(inputs)
+
+
+@pytest.mark.parametrize("per_key", [False, True])
+@pytest.mark.parametrize("case", ["reset", "alternating"])
+def test_float32_stays_accurate_after_a_strong_decay_inside_a_chunk(case, per_key):
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 64, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+    h0 = torch.randn(2, 2, 8, 8, generator=gen, dtype=torch.float64)
+    log_alpha = strong_decay_cases((2, 2, 64, 8) if per_key else (2, 2, 64))[case]
+    want, want_last = gated_linear_attention_reference(q, k, v, log_alpha, h0)
+    got, last = gated_linear_attention(*(t.float() for t in (q, k, v, log_alpha, h0)), chunk_size=64)
+    assert_float32_close(got, want)
+    assert_float32_close(last, want_last)
+    operator = gla_operator(q.float(), k.float(), log_alpha.float())
+    assert_float32_close(operator @ v.float(), gated_linear_attention_reference(q, k, v, log_alpha)[0])

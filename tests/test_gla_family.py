@@ -103,7 +103,7 @@ def test_retnet_matches_per_step_reference():
     y_ref, S_ref = retnet_reference(layer, x)
     torch.testing.assert_close(y, y_ref)
     torch.testing.assert_close(state.S, S_ref)
-    torch.testing.assert_close(state.position, torch.full((B,), float(T), dtype=torch.float64))
+    torch.testing.assert_close(state.position, torch.full((B,), T))  # an integer count
 
 
 @pytest.mark.parametrize("negative", [False, True])
@@ -152,6 +152,15 @@ def test_retnet_uneven_splits_agree_and_position_matters():
     s.position.zero_()
     y2_reset, _ = layer(x[:, 50:], s)
     assert (y2_reset - y2).abs().max() > 1e-3
+
+
+def test_retnet_position_is_an_exact_integer_count():
+    layer = make(RetNet).float()
+    state = layer.init_state(B)
+    state.position.fill_(2**24)  # float32 stops counting here: 2^24 + 1 rounds back to 2^24
+    _, state = layer.step(torch.randn(B, layer.d_model), state)
+    _, state = layer(torch.randn(B, 3, layer.d_model), state)
+    assert state.position.dtype == torch.long and state.position.tolist() == [2**24 + 4] * B
 
 
 # -- linear attention: the normaliser ---------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -62,7 +64,7 @@ def test_bfloat16_runs_with_float32_state(name):
     y, state = layer(x)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     for v in state.tensors().values():
-        assert v.dtype in (torch.float32, torch.complex64)
+        assert v.dtype in (torch.float32, torch.complex64, torch.long)  # counters are integers
     y.float().sum().backward()
     y_t, _ = layer.step(x[:, 0], state)
     assert y_t.dtype == torch.bfloat16
@@ -112,10 +114,34 @@ def test_bad_input_errors(name):
         layer(torch.randn(3, 5, D_MODEL), state)
     with pytest.raises(TypeError, match="`state` must be a"):
         layer(good, {"h": torch.zeros(2, D_MODEL)})
+    with pytest.raises(TypeError, match=r"`state\.\w+` must have dtype"):  # would change the output's dtype
+        layer(good, layer.init_state(2, dtype=torch.float64))
+    complex_parts = {k: v.real for k, v in state.tensors().items() if v.is_complex()}
+    if complex_parts:  # a real state for a complex one would drop its imaginary part
+        with pytest.raises(TypeError, match=r"`state\.\w+` must have dtype"):
+            layer(good, dataclasses.replace(state, **complex_parts))
     with pytest.raises(ValueError, match=r"`x_t` must have shape \(batch, d_model=8\)"):
         layer.step(good)
     with pytest.raises(ValueError, match="`mode` must be one of"):
         layer(good, mode="fastest")
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        layer.mode = "bogus"  # set as an attribute, it is checked too
+    assert layer.mode == "auto"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_later_nan_or_inf_leaves_earlier_outputs(name):
+    """Output at t depends only on inputs <= t in every mode, also when a later input is NaN or infinite."""
+    layer = make(name)
+    x = torch.randn(2, 70, D_MODEL, dtype=torch.float64)
+    bad = x.clone()
+    bad[1, 50, 3], bad[0, 60, 0] = float("nan"), float("inf")
+    for mode in ("recurrent", *layer.parallel_modes):
+        clean, _ = layer(x, mode=mode)
+        y, _ = layer(bad, mode=mode)
+        torch.testing.assert_close(y[:, :50], clean[:, :50], msg=lambda m: f"{mode}: {m}")
+        torch.testing.assert_close(y[0, :60], clean[0, :60], msg=lambda m: f"{mode}, row 0: {m}")
+        assert not torch.isfinite(y[1, 50:]).all(), mode
 
 
 def test_state_from_another_model_is_rejected():

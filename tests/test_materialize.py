@@ -203,3 +203,21 @@ def test_inspect_checkpoint_that_does_not_fit_exits_2(tmp_path, capsys):
         main(["inspect", "mingru", "--d-model", "8", "--checkpoint", str(path), "--length", "4"])
     assert exit_info.value.code == 2
     assert "cannot build mingru" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content", [
+    ("bad.safetensors", b"garbage"), ("bad.pt", b"garbage"), ("truncated.pt", None), ("list.pt", [1, 2]),
+])  # fmt: skip
+def test_inspect_unreadable_checkpoint_exits_2_naming_the_file(tmp_path, capsys, name, content):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is None:
+        torch.save(rnnzoo.create("mingru", d_model=8).state_dict(), path)
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save(content, path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "mingru", "--d-model", "8", "--checkpoint", str(path), "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and name in err and "Traceback" not in err

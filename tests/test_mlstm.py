@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnnzoo
+from forms import assert_float32_close, strong_decay_cases
 from rnnzoo.ops.gated_linear_attention import default_chunk_size
 from rnnzoo.ops.mlstm import mlstm_chunkwise, mlstm_operator, mlstm_reference
 
@@ -31,7 +32,7 @@ def outputs_and_grads(fn, tensors, state, **kw):
     h, (C, n, m) = fn(*leaves, state_leaves, **kw)
     gen = torch.Generator().manual_seed(3)
     loss = (h * torch.randn(h.shape, generator=gen, dtype=h.dtype)).sum() + (C * torch.randn(C.shape, generator=gen, dtype=C.dtype)).sum() + n.sum()
-    wrt = leaves + ([] if state_leaves is None else list(state_leaves[:2]))
+    wrt = leaves + ([] if state_leaves is None else list(state_leaves))  # m too: it scales the incoming state
     return [h, C, n, m, *torch.autograd.grad(loss, wrt)]
 
 
@@ -137,3 +138,15 @@ def test_automatic_chunk_is_the_explicit_one(length):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
     for x, y in zip(auto, outputs_and_grads(mlstm_reference, tensors, state)):
         torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("case", ["reset", "alternating"])
+def test_float32_stays_accurate_after_a_strong_forget_inside_a_chunk(case):
+    (q, k, v, _, log_i), state = inputs(2, 2, 64, 8, 8, 1.0, 0, True)
+    log_f = strong_decay_cases((2, 2, 64))[case]
+    want, (C, _, m) = mlstm_reference(q, k, v, log_f, log_i, state)
+    got, (C32, _, m32) = mlstm_chunkwise(*(t.float() for t in (q, k, v, log_f, log_i)), tuple(s.float() for s in state))
+    assert_float32_close(got, want)
+    assert_float32_close(C32 * m32.double().exp()[..., None, None], C * m.exp()[..., None, None])  # the true memory
+    operator = mlstm_operator(q.float(), k.float(), log_f.float(), log_i.float())
+    assert_float32_close(operator @ v.float(), mlstm_reference(q, k, v, log_f, log_i)[0])

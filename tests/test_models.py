@@ -161,6 +161,10 @@ def test_bad_mixer_and_settings():
         SequenceModel(VOCAB, 0, mixer="mingru", d_model=8)
     with pytest.raises(ValueError, match="causal LM"):
         SequenceModel(VOCAB, CLASSES, mixer="mingru", d_model=8).generate(torch.zeros(1, 2, dtype=torch.long), 1)
+    lm = SequenceModel(VOCAB, mixer="mingru", d_model=8)
+    for temperature in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="`temperature` must be a finite number >= 0"):
+            lm.generate(torch.zeros(1, 2, dtype=torch.long), 1, temperature=temperature)
 
 
 def test_bad_tokens_and_state():

@@ -131,6 +131,11 @@ def test_step_flag_writes_step_rows(tmp_path, capsys):
         (["--step", "--model", "linear_scan"], ["mingru", "gla"]),
         (["--step", "--quick"], ["--quick", "--step"]),
         (["--step", "--model", "mingru", "--mode", "scan"], ["--step", "--mode"]),
+        (["--model", "gla", "--d-model", "3"], ["gla", "--d-model 3", "num_heads"]),
+        (["--step", "--model", "gla", "--d-model", "3"], ["gla", "--d-model 3"]),
+        (["--model", "mingru", "--budget", "inf"], ["--budget", "finite"]),
+        (["--model", "mingru", "--budget", "nan"], ["--budget", "finite"]),
+        (["--model", "mingru", "--budget", "-1"], ["--budget", ">= 0"]),
     ],
 )
 def test_bad_arguments_exit_2_listing_valid_names(tmp_path, capsys, args, names):
@@ -249,3 +254,11 @@ def test_train_step_rejects_unknown_models_and_other_modes(capsys):
             main(["speed", "--train-step", *args])
         assert e.value.code == 2
     assert "unknown: no_such" in capsys.readouterr().err
+
+
+def test_an_unwritable_json_path_exits_2_before_timing(tmp_path, capsys):
+    for extra in ([], ["--train-step"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["speed", "--model", "mingru", *extra, "--json", str(tmp_path / "missing" / "x.json")])
+        assert exc.value.code == 2 and "cannot write there" in capsys.readouterr().err
+

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..layers.base import RecurrentState
 from ..models import SequenceModel, state_size
 from .files import write_json_atomic
-from .speed import loadavg_1min
+from .machine import loadavg_1min
 from .suites import RunConfig, Suite
 
 __all__ = [
@@ -265,11 +265,19 @@ def cache_path(out: str | Path, run: RunConfig) -> Path:
     return Path(out) / "runs" / f"{_slug(run.task.name)}_{_slug(run.model.display)}_s{run.seed}_{run.key()}.json"
 
 
-def _load_cached(path: Path) -> dict | None:
+CACHED_FIELDS = ("accuracy", "scaled", "steps", "stopped", "train_seconds", "params")  # what reports read
+
+
+def _load_cached(path: Path, run: RunConfig) -> dict | None:
+    """The cached result of ``run``, or None (train it) if the file is missing, unreadable, not a result record,
+    or the record of another run: a file copied from another configuration or code version is not trusted."""
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict) or record.get("key") != run.key() or not all(f in record for f in CACHED_FIELDS):
+        return None
+    return record if isinstance(record["accuracy"], dict) and "train" in record["accuracy"] else None
 
 
 @dataclass
@@ -409,7 +417,7 @@ def run_suite(
 
         pending = []
         for i, run in enumerate(runs):
-            cached = None if force else _load_cached(cache_path(out, run))
+            cached = None if force else _load_cached(cache_path(out, run), run)
             if cached is not None:
                 finish(RunDone(i, len(runs), run, cached, cached=True))
             else:

@@ -50,12 +50,23 @@ def materializes(cls: type) -> bool:
 
 
 def load_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A ``state_dict`` from a ``.safetensors`` file or a ``torch.save`` file (loaded with ``weights_only=True``)."""
-    if Path(path).suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A ``state_dict`` from a ``.safetensors`` file or a ``torch.save`` file (loaded with ``weights_only=True``).
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    A ``ValueError`` naming the file for anything else: missing, truncated, corrupt, or not a dict of tensors
+    (the loaders' own errors are of many library-specific kinds)."""
+    try:
+        if Path(path).suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (SafetensorError, UnpicklingError, EOFError, RuntimeError, OSError...)
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ValueError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path} is not a state_dict (a dict of tensors), got {type(state).__name__}")
+    return state
 
 
 def build_layer(

@@ -15,6 +15,7 @@ With several seeds a mark counts the seeds that earn it (``2/3``).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import textwrap
 from collections import defaultdict
@@ -205,7 +206,50 @@ def load_results(path: str | Path) -> tuple[list[dict], dict, list[str]]:
         raise ValueError(f"{path} is not JSON: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise ValueError(f"{path} is not an `rnnzoo bench` results.json (no list of runs)")
-    return data["runs"], data.get("header", {}), data.get("notes", [])
+    for i, run in enumerate(data["runs"]):
+        problem = _record_problem(run)
+        if problem:
+            raise ValueError(f"{path}: run {i} is not a result record: {problem}")
+    header, notes = data.get("header", {}), data.get("notes", [])
+    if not isinstance(header, dict) or not isinstance(notes, list):
+        raise ValueError(f"{path}: `header` must be an object and `notes` a list")
+    return data["runs"], header, [str(n) for n in notes]
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _record_problem(run) -> str | None:
+    """What keeps ``run`` from being a result record the tables and plot can read, or None."""
+    if not isinstance(run, dict):
+        return f"expected an object, got {type(run).__name__}"
+    kinds = {"task": str, "model": str, "seed": int, "params": int, "steps": int, "config": dict}
+    for field, kind in kinds.items():
+        if not isinstance(run.get(field), kind) or isinstance(run.get(field), bool):
+            return f"`{field}` must be {kind.__name__}, got {run.get(field)!r}"
+    for field in ("train_seconds", "chance"):
+        if not _is_number(run.get(field)):
+            return f"`{field}` must be a number, got {run.get(field)!r}"
+    lengths = run.get("train_lengths")
+    if not (isinstance(lengths, list) and len(lengths) == 2 and all(isinstance(n, int) for n in lengths)):
+        return f"`train_lengths` must be [low, high], got {lengths!r}"
+    accuracy, scaled = run.get("accuracy"), run.get("scaled")
+    for name, table in (("accuracy", accuracy), ("scaled", scaled)):
+        if not isinstance(table, dict) or "train" not in table or not all(map(_is_number, table.values())):
+            return f"`{name}` must map 'train' and test lengths to numbers, got {table!r}"
+        if not all(n == "train" or n.isdigit() for n in table) or len(table) < 2:
+            return f"`{name}` must have 'train' and at least one test length, got keys {sorted(table)}"
+    if set(accuracy) != set(scaled):
+        return "`accuracy` and `scaled` must have the same lengths"
+    config = run["config"]
+    if not isinstance(config.get("budget"), dict) or not isinstance(config.get("task"), dict):
+        return "`config` must hold the run's `budget` and `task`"
+    if not isinstance(config["task"].get("config", {}), dict):
+        return "`config.task.config` must be an object"
+    if not _is_number((config.get("train") or {}).get("solved_accuracy")):
+        return "`config.train.solved_accuracy` must be a number"
+    return None
 
 
 def plot(rows: Sequence[dict], path: str | Path, title: str = "") -> None:

@@ -58,6 +58,7 @@ from ..ops.delta_rule import delta_rule, delta_rule_flops, delta_rule_reference
 from ..ops.gated_linear_attention import chunk_flops
 from ..registry import create, list_models, model_info
 from .files import write_json_atomic
+from .machine import loadavg_1min
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -258,6 +259,7 @@ def make_specs(
     for engine in HEAD_ENGINES:
         if engine in offered and shape[2] % GLA_HEADS:
             raise ValueError(f"{engine} splits d over {GLA_HEADS} heads: d must be a multiple of {GLA_HEADS}, got {shape[2]}")
+    _check_builds(offered, shape[2])
     for mode in modes or ():
         if not any(mode in offers for offers in offered.values()):
             valid = sorted({m for offers in offered.values() for m in offers})
@@ -276,11 +278,25 @@ def step_specs(targets: Iterable[str], shape: tuple[int, int, int], dtype: str =
     registered layers is raised for a target that is not one."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
+    targets = list(targets)
     layers = [m.name for m in list_models()]
     for target in targets:
         if target not in layers:
             raise ValueError(f"step timing needs a registered layer, got {target!r}; valid names: {', '.join(layers)}")
+    _check_builds(targets, shape[2])
     return [Spec(target, STEP, *shape, dtype) for target in targets]
+
+
+def _check_builds(targets: Iterable[str], d_model: int) -> None:
+    """A ``ValueError`` now, naming the layer and why, for a registered layer that cannot be built at ``d_model``
+    (e.g. heads that do not divide it), instead of a traceback after the rows before it were timed."""
+    layers = {m.name for m in list_models()}
+    for target in targets:
+        if target in layers:
+            try:
+                create(target, d_model=d_model)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{target} cannot be built with --d-model {d_model}: {e}") from None
 
 
 def quick_specs() -> list[Spec]:
@@ -631,11 +647,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def loadavg_1min() -> float | None:
-    """The machine's 1-minute load average (None where the platform has none), to two decimals."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def header(threads: int, device: torch.device | str, argv: Sequence[str] = ()) -> dict:

@@ -49,8 +49,9 @@ from typing import Any, Callable
 from .. import __version__
 from ..models import SequenceModel, size_model
 from ..models.sequence_model import MATCHES, MLP_KINDS
-from ..registry import list_models
+from ..registry import list_models, model_info
 from ..tasks import list_tasks, make_task
+from .provenance import code_hash
 
 __all__ = [
     "Budget", "ModelSpec", "RunConfig", "Suite", "SuiteError", "TaskSpec", "TrainSettings", "SUITES", "TIER1",
@@ -201,7 +202,9 @@ class RunConfig:
 
     def describe(self) -> dict:
         """Everything the result depends on, as JSON-able data: the task's full config (defaults included),
-        the model, budget, seed, settings and the rnnzoo version."""
+        the model, budget, seed, settings, the rnnzoo version and a hash of the source of every rnnzoo module
+        the run uses (:func:`~rnnzoo.bench.provenance.code_hash`), so that an edited layer or engine is
+        trained again instead of answered from the cache."""
         task = self.task.make()
         task_config = dataclasses.asdict(task) if dataclasses.is_dataclass(task) else dict(self.task.config)
         return {
@@ -211,6 +214,7 @@ class RunConfig:
             "seed": self.seed,
             "train": dataclasses.asdict(self.train),
             "rnnzoo": __version__,
+            "code": code_hash(model_info(self.model.name).cls.__module__, type(task).__module__),
         }
 
     def key(self) -> str:

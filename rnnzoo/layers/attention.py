@@ -203,7 +203,7 @@ class Attention(SequenceLayer):
         """``(v, o)`` per head, before the output projection (from position 0)."""
         return self._qkv(x, 0)[2], self._mix(x, None, self.parallel_modes[0])[0]
 
-    def _check_state(self, state: KVCache | None, batch_size: int) -> None:
+    def _check_state(self, state: KVCache | None, batch_size: int, device: torch.device) -> None:
         """A cache of any length ``t``: ``k`` and ``v`` ``(batch, heads, t, d_head)``."""
         if state is None:
             return
@@ -221,6 +221,7 @@ class Attention(SequenceLayer):
                     f"(batch={batch_size}, heads, tokens seen, d_head), got {shape}; was the state made for another "
                     f"batch size or layer?"
                 )
+            self._check_state_tensor(name, got, state_dtype(self._param_dtype()), device)
         if state.k.shape[2] != state.v.shape[2]:
             tokens = f"{state.k.shape[2]} and {state.v.shape[2]}"
             raise ValueError(f"Attention: `state.k` and `state.v` must hold as many tokens, got {tokens}")

@@ -149,6 +149,14 @@ def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:
     return dtype
 
 
+def first_nonfinite_step(x: Tensor) -> int | None:
+    """The first time step of ``x`` ``(batch, time, ...)`` holding a NaN or an infinity in any row, or ``None``."""
+    finite = torch.isfinite(x)
+    if bool(finite.all()):
+        return None
+    return int((~finite.flatten(2).all(-1).all(0)).nonzero()[0, 0])
+
+
 class SequenceLayer(nn.Module):
     """Base class: argument checks, mode selection and ``step`` for every layer.
 
@@ -162,7 +170,16 @@ class SequenceLayer(nn.Module):
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()
         self.d_model = check_int(type(self).__name__, "d_model", d_model)
-        self.mode = self._check_mode(mode)
+        self.mode = mode
+
+    @property
+    def mode(self) -> str:
+        """The form ``forward`` runs unless told otherwise: one of :attr:`modes` (checked when set)."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        self._mode = self._check_mode(mode)
 
     # -- what subclasses provide ------------------------------------------------
 
@@ -190,13 +207,32 @@ class SequenceLayer(nn.Module):
         recurrent state, which continues the sequence when passed back in.
         """
         self._check_input(x, "x", ("batch", "time", "d_model"))
-        self._check_state(state, x.shape[0])
-        return self._forward(x, state, self._resolve_mode(mode, x))
+        self._check_state(state, x.shape[0], x.device)
+        mode = self._resolve_mode(mode, x)
+        if mode != "recurrent":
+            bad = first_nonfinite_step(x)
+            if bad is not None:
+                return self._forward_causal(x, state, mode, bad)
+        return self._forward(x, state, mode)
+
+    def _forward_causal(self, x: Tensor, state: RecurrentState | None, mode: str, bad: int) -> tuple[Tensor, RecurrentState]:
+        """The parallel form before step ``bad``, the first holding a NaN or infinity, then the loop from it.
+
+        A parallel form mixes every position of a chunk (or of the sequence) in one matmul, in which a
+        NaN at a later position poisons earlier outputs through ``0 · NaN``; the loop never reads ahead,
+        so outputs before ``bad`` stay exactly those of the clean prefix.
+        """
+        ys = []
+        if bad:
+            y, state = self._forward(x[:, :bad], state, mode)
+            ys.append(y)
+        y, state = self._forward(x[:, bad:], state, "recurrent")
+        return torch.cat([*ys, y], 1), state
 
     def step(self, x_t: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
         """Advance one token: ``x_t`` of shape ``(batch, d_model)`` -> ``(y_t, state)``."""
         self._check_input(x_t, "x_t", ("batch", "d_model"))
-        self._check_state(state, x_t.shape[0])
+        self._check_state(state, x_t.shape[0], x_t.device)
         y, state = self._forward(x_t.unsqueeze(1), state, "recurrent")
         return y.squeeze(1), state
 
@@ -303,7 +339,7 @@ class SequenceLayer(nn.Module):
                 f"cast one to match (e.g. layer.to({x.dtype}))"
             )
 
-    def _check_state(self, state: RecurrentState | None, batch_size: int) -> None:
+    def _check_state(self, state: RecurrentState | None, batch_size: int, device: torch.device) -> None:
         if state is None:
             return
         where = type(self).__name__
@@ -321,3 +357,16 @@ class SequenceLayer(nn.Module):
                     f"{where}: `state.{name}` must have shape {tuple(want.shape)} "
                     f"(batch={batch_size}), got {got_shape}; was the state made for another batch size or layer?"
                 )
+            self._check_state_tensor(name, got, want.dtype, device)
+
+    def _check_state_tensor(self, name: str, got: Tensor, dtype: torch.dtype, device: torch.device) -> None:
+        """A state tensor of another dtype would silently change the output's dtype (or drop an imaginary
+        part); one on another device would fail deep inside the engine."""
+        where = type(self).__name__
+        if got.dtype != dtype:
+            raise TypeError(
+                f"{where}: `state.{name}` must have dtype {dtype} (this layer's state dtype for "
+                f"{self._param_dtype()} parameters), got {got.dtype}; make states with layer.init_state"
+            )
+        if got.device != device:
+            raise ValueError(f"{where}: `state.{name}` is on {got.device} but the input is on {device}")

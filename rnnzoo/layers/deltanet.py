@@ -248,7 +248,12 @@ class DeltaNet(_DeltaRuleLayer):
     k L2-normalised per head (``ε = 1e-6``); key and value sizes ``expand_k ·
     d_model`` and ``expand_v · d_model`` (both 1) split over ``num_heads``; RMSNorm
     per head with a learned weight; no output gate (fla's ``use_gate=False``);
-    projections without biases, PyTorch's default initialisation.
+    projections without biases, PyTorch's default initialisation. One difference:
+    fla's kernels also scale q by ``d_k^{-1/2}``; this layer does not (nor do
+    :class:`GatedDeltaNet` and :class:`DeltaProduct`). The per-head RMSNorm after the
+    read-out undoes any scale of ``o`` but for its ``ε``, so the two agree where
+    ``|o|² ≫ ε`` and differ where the read-out is small (at initialisation, by up to
+    tens of percent).
 
     With ``negative_eigenvalues=True``, ``β_t = 2 σ(·) ∈ (0, 2)``, so the transition's
     eigenvalue along ``k_t``, ``1 - β_t``, lies in ``(-1, 1)`` (Grazzi et al. 2024).

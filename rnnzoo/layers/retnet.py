@@ -34,8 +34,7 @@ def norm_gate(o: Tensor, g: Tensor, norm: nn.RMSNorm) -> Tensor:
 @dataclass
 class RetNetState(RecurrentState):
     """``S``: the retention state ``(batch, heads, d_k, d_v)``; ``position``: tokens seen so far
-    ``(batch,)``, a float in the state dtype (exact to 2^24 tokens in float32), which the rotary
-    embedding of the next token needs."""
+    ``(batch,)``, an integer (int64) count, which the rotary embedding of the next token needs."""
 
     S: Tensor
     position: Tensor
@@ -101,16 +100,16 @@ class RetNet(SequenceLayer):
     def init_state(self, batch_size: int, device=None, dtype=None) -> RetNetState:
         kw = self._state_kwargs(device, dtype)
         kw["dtype"] = state_dtype(kw["dtype"])
-        return RetNetState(
-            torch.zeros(batch_size, self.num_heads, self.head_k, self.head_v, **kw), torch.zeros(batch_size, **kw)
-        )
+        S = torch.zeros(batch_size, self.num_heads, self.head_k, self.head_v, **kw)
+        return RetNetState(S, torch.zeros(batch_size, dtype=torch.long, device=kw["device"]))
 
     def _rotate(self, u: Tensor, position: Tensor | None) -> Tensor:
         """``R_n u_n`` for ``u`` ``(batch, heads, time, d_k)`` whose first step is at ``position``
         ``(batch,)`` (0 if ``None``)."""
-        steps = torch.arange(u.shape[2], dtype=u.dtype, device=u.device)[None]
+        steps = torch.arange(u.shape[2], device=u.device)[None]
         if position is not None:
-            steps = position.to(u.dtype)[:, None] + steps
+            steps = position[:, None] + steps
+        steps = steps.to(u.dtype)
         theta = ROTARY_BASE ** -torch.linspace(0, 1, self.head_k // 2, dtype=u.dtype, device=u.device)
         return rotate_pairs(u, (steps[..., None] * theta)[:, None])  # angles (batch, 1, time, d_k / 2)
 
@@ -125,7 +124,7 @@ class RetNet(SequenceLayer):
         return q, k, v, log_gamma[:, None].expand(x.shape[0], -1, x.shape[1])
 
     def _forward(self, x: Tensor, state: RetNetState | None, mode: str) -> tuple[Tensor, RetNetState]:
-        position = x.new_zeros(x.shape[0], dtype=state_dtype(x.dtype)) if state is None else state.position
+        position = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if state is None else state.position
         o, S = matrix_recurrence(*self._qkv_decay(x, position), None if state is None else state.S, mode)
         y = self.out_proj(norm_gate(o, self.g_proj(x), self.norm))
         return y, RetNetState(S, position + x.shape[1])

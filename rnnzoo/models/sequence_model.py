@@ -218,8 +218,8 @@ class SequenceModel(nn.Module):
                 f"num_classes={self.num_classes}, vocab_size={self.vocab_size}"
             )
         check_int(where, "max_new_tokens", max_new_tokens, minimum=0)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-            raise ValueError(f"{where}: `temperature` must be a number >= 0, got {temperature!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+            raise ValueError(f"{where}: `temperature` must be a finite number >= 0, got {temperature!r}")
         if top_k is not None:
             check_int(where, "top_k", top_k)
         logits, state = self(prompt)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_int
+from .decay import segment_sums
 from .linear_scan import linear_scan, scan_adjoint, scan_states
 
 __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
@@ -164,13 +165,14 @@ def _causal(size: int, device) -> Tensor:
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
-def _intra_scalar(q, k, g, sign):
-    """Within-chunk attention ``A[t, s] = (q_t · k_s) α_{s+1..t}`` for a scalar decay ``g`` ``(B, H, N, C)``."""
+def _intra_scalar(q, k, segments, sign):
+    """Within-chunk attention ``A[t, s] = (q_t · k_s) α_{s+1..t}`` for a scalar decay, from its
+    :func:`~rnnzoo.ops.decay.segment_sums` ``(B, H, N, C, C)`` (``None``: α = 1)."""
     causal = _causal(q.shape[-2], q.device)
     scores = q @ k.transpose(-1, -2)
-    if g is None:
+    if segments is None:
         return scores.masked_fill(~causal, 0.0)
-    decay = torch.exp((g[..., :, None] - g[..., None, :]).masked_fill(~causal, float("-inf")))
+    decay = torch.exp(segments.masked_fill(~causal, float("-inf")))
     if sign is not None:
         decay = decay * (sign[..., :, None] * sign[..., None, :])
     return scores * decay
@@ -193,7 +195,8 @@ def _rebased_per_key(q, k, g, sign):
     if n > 1:  # keys after sub-block i: exponent could overflow and the weight is 0 anyway
         later = torch.arange(C, device=q.device) >= (torch.arange(n, device=q.device)[:, None] + 1) * size
         k_exponent = k_exponent.masked_fill(later[..., None], float("-inf"))
-    q_scale, k_scale = torch.exp(g.unflatten(-2, (n, size)) - ref), torch.exp(k_exponent)
+    # g may be float64 (see _chunkwise): the exponents are differences of running sums
+    q_scale, k_scale = torch.exp(g.unflatten(-2, (n, size)) - ref).to(q.dtype), torch.exp(k_exponent).to(q.dtype)
     if sign is not None:
         q_scale = q_scale * sign.unflatten(-2, (n, size))
         k_scale = k_scale * sign.unsqueeze(-3)
@@ -246,16 +249,16 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
         return out.flatten(2, 3)[:, :, :length], last
 
     if not per_key:  # scalar decay per head: the C×C decay matrix is formed directly
-        g = log_alpha.cumsum(-1)
+        g, segments = log_alpha.cumsum(-1), segment_sums(log_alpha)
         sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
         g_last = g[..., -1:]
-        q_factor, k_factor, chunk_decay = torch.exp(g), torch.exp(g_last - g), torch.exp(g_last)
+        q_factor, k_factor, chunk_decay = torch.exp(g), torch.exp(segments[..., -1, :]), torch.exp(g_last)
         if sign is not None:
             q_factor, k_factor = q_factor * sign, k_factor * sign * sign[..., -1:]
             chunk_decay = chunk_decay * sign[..., -1:]
         updates = (k * k_factor[..., None]).transpose(-1, -2) @ v
         starts, last = _chunk_states(chunk_decay[..., None], updates, h0)
-        out = _intra_scalar(q, k, g, sign) @ v
+        out = _intra_scalar(q, k, segments, sign) @ v
         if h0 is not None or n_chunks > 1:
             out = out + (q * q_factor[..., None]) @ starts
         return out.flatten(2, 3)[:, :, :length], last
@@ -265,19 +268,21 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
         return tuple(_PerKeyChunkwise.apply(q, k, v, log_alpha, alpha_sign, h0, length))
     # strong decays (some chunk decays by more than e^-MAX_EXPONENT): several sub-blocks per chunk.
     # The factors that take the chunk-start state into sub-block i (e^{r_i}) and the last
-    # sub-block's keys to the chunk end (e^{g_last - r_last}) act on the small d_k × d_v states.
-    g = log_alpha.cumsum(-2)
+    # sub-block's keys to the chunk end (e^{g_last - r_last}) act on the small d_k × d_v states. The running
+    # sum is taken in float64: every factor's exponent is a difference of two of its terms, and a strong
+    # decay makes them large (a float32 sum past -1e4 would carry ~1e-3 into each exponent).
+    g = log_alpha.to(torch.float64).cumsum(-2)
     sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
     q_t, k_t, ref = _rebased_per_key(q, k, g, sign)
     g_last = g[..., -1, :]  # (B, H, N, d_k)
-    to_end = torch.exp(g_last - ref[..., -1, 0, :])
-    chunk_decay = torch.exp(g_last)
+    to_end = torch.exp(g_last - ref[..., -1, 0, :]).to(q.dtype)
+    chunk_decay = torch.exp(g_last).to(q.dtype)
     if sign is not None:
         to_end = to_end * sign[..., -1, :]
         chunk_decay = chunk_decay * sign[..., -1, :]
     updates = to_end[..., None] * (k_t[..., -1, :, :].transpose(-1, -2) @ v)
     starts, last = _chunk_states(chunk_decay[..., None], updates, h0)  # (B, H, N, d_k, d_v)
-    into_block = torch.exp(ref).transpose(-1, -2) * starts.unsqueeze(-3)  # (B, H, N, n, d_k, d_v)
+    into_block = torch.exp(ref).to(q.dtype).transpose(-1, -2) * starts.unsqueeze(-3)  # (B, H, N, n, d_k, d_v)
     scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2).masked_fill(~_causal(chunk, q.device), 0.0)
     out = (q_t @ into_block).flatten(-3, -2) + scores @ v
     return out.flatten(2, 3)[:, :, :length], last
@@ -559,8 +564,8 @@ def gla_operator(
     q, k, log_alpha, alpha_sign = map(one_chunk, (q, k, log_alpha, alpha_sign))
     if log_alpha is None:
         return _intra_scalar(q, k, None, None).squeeze(2)
-    time_dim = -2 if log_alpha.dim() == 5 else -1
-    g = log_alpha.cumsum(time_dim)
-    sign = None if alpha_sign is None else alpha_sign.cumprod(time_dim)
-    intra = _intra_per_key if log_alpha.dim() == 5 else _intra_scalar
-    return intra(q, k, g, sign).squeeze(2)
+    if log_alpha.dim() == 5:  # per key: running sums in float64, as the chunkwise form's strong-decay path
+        sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
+        return _intra_per_key(q, k, log_alpha.to(torch.float64).cumsum(-2), sign).squeeze(2)
+    sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
+    return _intra_scalar(q, k, segment_sums(log_alpha), sign).squeeze(2)

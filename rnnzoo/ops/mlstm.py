@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_heads, check_int
+from .decay import segment_sums
 from .gated_linear_attention import _causal, _chunk_states, _output_dtype, default_chunk_size
 
 __all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
@@ -119,6 +120,11 @@ def mlstm_chunkwise(
     if state is None:
         state = (q.new_zeros(batch, heads, d_k, d_v), q.new_zeros(batch, heads, d_k), q.new_zeros(batch, heads))
     C0, n0, m0 = state
+    dtype = q.dtype
+    # The log-space bookkeeping (running sums, stabilisers, exponents) runs in float64: every exponent is a
+    # difference of running sums, whose float32 rounding grows with the decay (~1e-3 after a reset of -1e4).
+    log_f, log_i, m0 = log_f.to(torch.float64), log_i.to(torch.float64), m0.to(torch.float64)
+    exp = lambda t: torch.exp(t).to(dtype)  # noqa: E731
 
     g = log_f.cumsum(-1)  # (B, H, N, C)
     g_last = g[..., -1]
@@ -130,21 +136,23 @@ def mlstm_chunkwise(
             M = torch.maximum(M + g_j, c_j)
             ends.append(M)
         M_end = torch.stack(ends, -1)  # (B, H, N)
-        M_prev = torch.cat([m0[..., None], M_end[..., :-1]], -1)
-        b = torch.maximum(M_prev[..., None], a.cummax(-1).values)  # row stabiliser m_t = g_t + b_t
+        b = torch.maximum(torch.cat([m0[..., None], M_end[..., :-1]], -1)[..., None], a.cummax(-1).values)
+    # each chunk's start stabiliser: a constant but for the first, the incoming m, which scales the incoming
+    # state (C = C̃ e^m) and so carries its gradient; b (the row stabiliser m_t = g_t + b_t) stays constant
+    M_prev = torch.cat([m0[..., None], M_end[..., :-1]], -1)
     causal = _causal(chunk, q.device)
-    weights = torch.exp((a[..., None, :] - b[..., :, None]).masked_fill(~causal, float("-inf")))
+    weights = exp((a[..., None, :] - b[..., :, None]).masked_fill(~causal, float("-inf")))
     intra = (q @ k.transpose(-1, -2)) * weights
     # chunk-end states, stored relative to M_end: decay e^{M_prev + g_last - M_end}, keys e^{a_s + g_last - M_end}
-    decay = torch.exp(M_prev + g_last - M_end)
-    updates = (k * torch.exp(a + (g_last - M_end)[..., None])[..., None]).transpose(-1, -2) @ v
+    decay = exp(M_prev + g_last - M_end)
+    updates = (k * exp(a + (g_last - M_end)[..., None])[..., None]).transpose(-1, -2) @ v
     S0 = torch.cat([C0, n0[..., None]], -1)
     starts, last = _chunk_states(decay[..., None, None], updates, S0)
-    out = torch.exp(M_prev[..., None] - b)[..., None] * (q @ starts) + intra @ v  # (B, H, N, C, d_v + 1)
+    out = exp(M_prev[..., None] - b)[..., None] * (q @ starts) + intra @ v  # (B, H, N, C, d_v + 1)
     m = g + b  # b is a constant; m keeps its dependence on g (through the floor e^{-m})
-    h = out[..., :d_v] / out[..., d_v:].abs().maximum(torch.exp(-m)[..., None])
+    h = out[..., :d_v] / out[..., d_v:].abs().maximum(exp(-m)[..., None])
     h = h.flatten(2, 3)[:, :, :length]
-    return h.to(_output_dtype(out_dtype)), (last[..., :d_v], last[..., d_v], M_end[..., -1])
+    return h.to(_output_dtype(out_dtype)), (last[..., :d_v], last[..., d_v], M_end[..., -1].to(dtype))
 
 
 def mlstm_operator(q: Tensor, k: Tensor, log_f: Tensor, log_i: Tensor) -> Tensor:
@@ -155,9 +163,8 @@ def mlstm_operator(q: Tensor, k: Tensor, log_f: Tensor, log_i: Tensor) -> Tensor
     exponential exceeds 1. Returns ``(batch, heads, T, T)``.
     """
     q, k, _, log_f, log_i, _ = _check(q, k, q[..., :1], log_f, log_i, None, "mlstm_operator")
-    g = log_f.cumsum(-1)
     causal = _causal(q.shape[2], q.device)
-    log_w = (log_i[..., None, :] - g[..., None, :] + g[..., :, None]).masked_fill(~causal, float("-inf"))
+    log_w = (log_i[..., None, :] + segment_sums(log_f)).masked_fill(~causal, float("-inf"))
     m = log_w.amax(-1, keepdim=True).detach()
     scores = (q @ k.transpose(-1, -2)) * torch.exp(log_w - m)
     return scores / scores.sum(-1, keepdim=True).abs().maximum(torch.exp(-m))
