@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_heads, check_int
-from .decay import segment_sums
+from .decay import log_ratios, running_sum
 from .gated_linear_attention import MIN_LOG_DECAY, _output_dtype, least_padding_chunk
 
 __all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference"]
@@ -93,10 +93,11 @@ def delta_rule_reference(
 
 def _decays(log_alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Per-chunk decays from ``log_alpha`` ``(..., C)``: ``γ``, ``γ_C / γ`` and ``Γ`` ``(..., C, C)``,
-    ``Γ_ti = γ_t / γ_i`` for ``i <= t``, else 0, the ratios from :func:`~rnnzoo.ops.decay.segment_sums`."""
-    segments = segment_sums(log_alpha)
-    ratio = segments.exp().tril_()  # above the diagonal exp(0) = 1: zeroed
-    return torch.exp(log_alpha.cumsum(-1)), segments[..., -1, :].exp(), ratio
+    ``Γ_ti = γ_t / γ_i`` for ``i <= t``, else 0; exponents from a float64 running sum
+    (:mod:`rnnzoo.ops.decay`), so a strong decay early in a chunk costs the later ratios no accuracy."""
+    g = running_sum(log_alpha)
+    ratio = log_ratios(log_alpha).exp_().tril_()  # above the diagonal exp(>= 0) may be inf: zeroed
+    return torch.exp(g).to(log_alpha.dtype), torch.exp(g[..., -1:] - g).to(log_alpha.dtype), ratio
 
 
 def _flat(t: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_int
-from .decay import segment_sums
+from .decay import log_ratios, running_sum
 from .linear_scan import linear_scan, scan_adjoint, scan_states
 
 __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
@@ -165,14 +165,14 @@ def _causal(size: int, device) -> Tensor:
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
-def _intra_scalar(q, k, segments, sign):
+def _intra_scalar(q, k, log_decay, sign):
     """Within-chunk attention ``A[t, s] = (q_t · k_s) α_{s+1..t}`` for a scalar decay, from its
-    :func:`~rnnzoo.ops.decay.segment_sums` ``(B, H, N, C, C)`` (``None``: α = 1)."""
+    :func:`~rnnzoo.ops.decay.log_ratios` ``(B, H, N, C, C)`` (``None``: α = 1)."""
     causal = _causal(q.shape[-2], q.device)
     scores = q @ k.transpose(-1, -2)
-    if segments is None:
+    if log_decay is None:
         return scores.masked_fill(~causal, 0.0)
-    decay = torch.exp(segments.masked_fill(~causal, float("-inf")))
+    decay = torch.exp(log_decay.masked_fill(~causal, float("-inf")))
     if sign is not None:
         decay = decay * (sign[..., :, None] * sign[..., None, :])
     return scores * decay
@@ -249,16 +249,16 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
         return out.flatten(2, 3)[:, :, :length], last
 
     if not per_key:  # scalar decay per head: the C×C decay matrix is formed directly
-        g, segments = log_alpha.cumsum(-1), segment_sums(log_alpha)
+        g = running_sum(log_alpha)  # float64 (rnnzoo.ops.decay): exact ratios after a strong decay
         sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
         g_last = g[..., -1:]
-        q_factor, k_factor, chunk_decay = torch.exp(g), torch.exp(segments[..., -1, :]), torch.exp(g_last)
+        q_factor, k_factor, chunk_decay = (torch.exp(x).to(q.dtype) for x in (g, g_last - g, g_last))
         if sign is not None:
             q_factor, k_factor = q_factor * sign, k_factor * sign * sign[..., -1:]
             chunk_decay = chunk_decay * sign[..., -1:]
         updates = (k * k_factor[..., None]).transpose(-1, -2) @ v
         starts, last = _chunk_states(chunk_decay[..., None], updates, h0)
-        out = _intra_scalar(q, k, segments, sign) @ v
+        out = _intra_scalar(q, k, log_ratios(log_alpha), sign) @ v
         if h0 is not None or n_chunks > 1:
             out = out + (q * q_factor[..., None]) @ starts
         return out.flatten(2, 3)[:, :, :length], last
@@ -271,7 +271,7 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
     # sub-block's keys to the chunk end (e^{g_last - r_last}) act on the small d_k × d_v states. The running
     # sum is taken in float64: every factor's exponent is a difference of two of its terms, and a strong
     # decay makes them large (a float32 sum past -1e4 would carry ~1e-3 into each exponent).
-    g = log_alpha.to(torch.float64).cumsum(-2)
+    g = running_sum(log_alpha, -2)
     sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
     q_t, k_t, ref = _rebased_per_key(q, k, g, sign)
     g_last = g[..., -1, :]  # (B, H, N, d_k)
@@ -566,6 +566,6 @@ def gla_operator(
         return _intra_scalar(q, k, None, None).squeeze(2)
     if log_alpha.dim() == 5:  # per key: running sums in float64, as the chunkwise form's strong-decay path
         sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
-        return _intra_per_key(q, k, log_alpha.to(torch.float64).cumsum(-2), sign).squeeze(2)
+        return _intra_per_key(q, k, running_sum(log_alpha, -2), sign).squeeze(2)
     sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
-    return _intra_scalar(q, k, segment_sums(log_alpha), sign).squeeze(2)
+    return _intra_scalar(q, k, log_ratios(log_alpha), sign).squeeze(2)

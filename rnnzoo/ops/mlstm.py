@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_heads, check_int
-from .decay import segment_sums
+from .decay import log_ratios
 from .gated_linear_attention import _causal, _chunk_states, _output_dtype, default_chunk_size
 
 __all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
@@ -141,7 +141,8 @@ def mlstm_chunkwise(
     # state (C = C̃ e^m) and so carries its gradient; b (the row stabiliser m_t = g_t + b_t) stays constant
     M_prev = torch.cat([m0[..., None], M_end[..., :-1]], -1)
     causal = _causal(chunk, q.device)
-    weights = exp((a[..., None, :] - b[..., :, None]).masked_fill(~causal, float("-inf")))
+    # the C×C exponents: differences taken in float64, then exponentiated in the compute dtype
+    weights = torch.exp((a[..., None, :] - b[..., :, None]).to(dtype).masked_fill_(~causal, float("-inf")))
     intra = (q @ k.transpose(-1, -2)) * weights
     # chunk-end states, stored relative to M_end: decay e^{M_prev + g_last - M_end}, keys e^{a_s + g_last - M_end}
     decay = exp(M_prev + g_last - M_end)
@@ -164,7 +165,7 @@ def mlstm_operator(q: Tensor, k: Tensor, log_f: Tensor, log_i: Tensor) -> Tensor
     """
     q, k, _, log_f, log_i, _ = _check(q, k, q[..., :1], log_f, log_i, None, "mlstm_operator")
     causal = _causal(q.shape[2], q.device)
-    log_w = (log_i[..., None, :] + segment_sums(log_f)).masked_fill(~causal, float("-inf"))
+    log_w = (log_i[..., None, :] + log_ratios(log_f)).masked_fill(~causal, float("-inf"))
     m = log_w.amax(-1, keepdim=True).detach()
     scores = (q @ k.transpose(-1, -2)) * torch.exp(log_w - m)
     return scores / scores.sum(-1, keepdim=True).abs().maximum(torch.exp(-m))
