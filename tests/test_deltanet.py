@@ -128,8 +128,8 @@ def test_gated_deltanet_decay_init():
 def test_bad_arguments(cls):
     with pytest.raises(ValueError, match="`num_heads`=3 must divide"):
         cls(D_MODEL, num_heads=3)
-    with pytest.raises(ValueError, match="`conv_size` must be a positive int"):
-        cls(D_MODEL, conv_size=0)
+    with pytest.raises(ValueError, match="`d_conv` must be a positive int"):
+        cls(D_MODEL, d_conv=0)
     if cls is DeltaProduct:
         with pytest.raises(ValueError, match="`num_householder` must be a positive int"):
             cls(D_MODEL, num_householder=0)

@@ -144,6 +144,31 @@ def test_later_nan_or_inf_leaves_earlier_outputs(name):
         assert not torch.isfinite(y[1, 50:]).all(), mode
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_factory_keywords_device_and_dtype(name):
+    layer = rnnzoo.create(name, d_model=D_MODEL, device="cpu", dtype=torch.float64)
+    for p in layer.parameters():
+        assert p.device.type == "cpu" and p.dtype in (torch.float64, torch.complex128)
+    y, _ = layer(torch.randn(2, 5, D_MODEL, dtype=torch.float64))
+    assert y.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name, old, new, value", [
+    ("mingru", "expansion", "expand", 2.0), ("minlstm", "expansion", "expand", 2.0), ("hgrn", "expansion", "expand", 2.0),
+    ("deltanet", "conv_size", "d_conv", 3), ("gated_deltanet", "conv_size", "d_conv", 3),
+    ("deltaproduct", "conv_size", "d_conv", 3),
+])  # fmt: skip
+def test_old_argument_names_still_work_with_a_deprecation_warning(name, old, new, value):
+    with pytest.warns(DeprecationWarning, match=f"`{old}` is deprecated.*use `{new}`"):
+        torch.manual_seed(0)
+        renamed = rnnzoo.create(name, d_model=D_MODEL, **{old: value})
+    torch.manual_seed(0)
+    current = rnnzoo.create(name, d_model=D_MODEL, **{new: value})
+    assert all(torch.equal(a, b) for a, b in zip(renamed.state_dict().values(), current.state_dict().values()))
+    with pytest.raises(TypeError, match=f"give `{new}` only"):
+        rnnzoo.create(name, d_model=D_MODEL, **{old: value, new: value})
+
+
 def test_state_from_another_model_is_rejected():
     mamba_like, gru = make(MODELS[0]), make(MODELS[-1])
     _, state = mamba_like(torch.randn(2, 4, D_MODEL, dtype=torch.float64))

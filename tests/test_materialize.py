@@ -61,7 +61,7 @@ POST_MIXER = {
 
 @pytest.mark.parametrize("name", sorted(POST_MIXER))
 def test_mixer_output_is_the_forward_pass_midpoint(name):
-    layer = make(name, **({"expansion": 2.0} if name == "minlstm" else {}))
+    layer = make(name, **({"expand": 2.0} if name == "minlstm" else {}))
     x = torch.randn(2, 20, D_MODEL, dtype=torch.float64)
     _, Y = layer.mixer_io(x)
     torch.testing.assert_close(POST_MIXER[name](layer, x, per_channel(Y)), layer(x)[0])
@@ -146,7 +146,7 @@ def test_inspect_writes_a_png(tmp_path, capsys):
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_inspect_checkpoint_round_trip(tmp_path, monkeypatch, suffix):
     torch.manual_seed(5)
-    layer = rnnzoo.create("mingru", d_model=8, expansion=2.0)
+    layer = rnnzoo.create("mingru", d_model=8, expand=2.0)
     path = tmp_path / f"layer{suffix}"
     if suffix == ".pt":
         torch.save(layer.state_dict(), path)
@@ -156,7 +156,7 @@ def test_inspect_checkpoint_round_trip(tmp_path, monkeypatch, suffix):
         save_file(layer.state_dict(), path)
     plotted = []
     monkeypatch.setattr(inspect, "plot_operator", lambda M, *args, **kwargs: plotted.append(M))
-    argv = ["inspect", "mingru", "--d-model", "8", "--kw", "expansion=2.0", "--length", "12", "--seed", "1"]
+    argv = ["inspect", "mingru", "--d-model", "8", "--kw", "expand=2.0", "--length", "12", "--seed", "1"]
     assert main([*argv, "--checkpoint", str(path), "--out", str(tmp_path / "x.png")]) == 0
     assert main([*argv, "--out", str(tmp_path / "x.png")]) == 0  # random init instead
     expected = layer.materialize(inspect.random_input(layer, 12, seed=1))[0]

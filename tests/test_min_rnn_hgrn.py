@@ -48,7 +48,7 @@ def minlstm_step(layer, negative):
 @pytest.mark.parametrize("negative", [False, True])
 def test_min_rnns_match_paper_equations(name, step_fn, negative):
     torch.manual_seed(0)
-    layer = rnnzoo.create(name, d_model=6, expansion=2, negative_eigenvalues=negative).double()
+    layer = rnnzoo.create(name, d_model=6, expand=2, negative_eigenvalues=negative).double()
     x = torch.randn(2, 90, 6, dtype=torch.float64)
     h0 = torch.randn(2, 12, dtype=torch.float64)
     y, state = layer(x, layer.init_state(2).__class__(h0))

@@ -17,7 +17,9 @@ reference loop), the layer's parallel form (``"scan"`` for engine 2), or
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from typing import ClassVar
 
 import torch
@@ -157,15 +159,48 @@ def first_nonfinite_step(x: Tensor) -> int | None:
     return int((~finite.flatten(2).all(-1).all(0)).nonzero()[0, 0])
 
 
+def _with_factory_keywords(init):
+    """A layer's ``init`` taking PyTorch's ``device=`` and ``dtype=`` factory keywords (the finished layer is
+    moved and cast, once, by the outermost constructor) and the old names in its ``renamed_arguments``
+    (passed on under their new names, with a ``DeprecationWarning``)."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, device: torch.device | str | None = None, dtype: torch.dtype | None = None, **kwargs):
+        for old, new in type(self).renamed_arguments.items():
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{type(self).__name__}: give `{new}` only (`{old}` is its old name)")
+                warnings.warn(
+                    f"{type(self).__name__}: `{old}` is deprecated and will be removed; use `{new}`",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                kwargs[new] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+        outermost = type(self).__init__ is __init__  # not a parent's constructor called through super()
+        if outermost and (device is not None or dtype is not None):
+            self.to(device=device, dtype=dtype)
+
+    return __init__
+
+
 class SequenceLayer(nn.Module):
     """Base class: argument checks, mode selection and ``step`` for every layer.
 
     Subclasses set ``parallel_modes`` (the parallel algorithms they offer; the
     first is what ``"auto"`` picks) and implement ``_forward(x, state, mode)``
-    and ``init_state``.
+    and ``init_state``. Every layer's constructor also takes PyTorch's
+    ``device=`` and ``dtype=`` keywords, and the old names of renamed arguments
+    (``renamed_arguments``, old name -> new) for one release.
     """
 
     parallel_modes: ClassVar[tuple[str, ...]] = ()
+    renamed_arguments: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _with_factory_keywords(cls.__dict__["__init__"])
 
     def __init__(self, d_model: int, mode: str = "auto") -> None:
         super().__init__()

@@ -56,8 +56,8 @@ def interleave(t: Tensor, n: int) -> Tensor:
 
 @dataclass
 class DeltaNetState(RecurrentState):
-    """``conv_q, conv_k, conv_v``: the short convolutions' last ``conv_size - 1`` inputs
-    ``(batch, channels, conv_size - 1)``; ``S``: the delta-rule state ``(batch, heads, d_k, d_v)``."""
+    """``conv_q, conv_k, conv_v``: the short convolutions' last ``d_conv - 1`` inputs
+    ``(batch, channels, d_conv - 1)``; ``S``: the delta-rule state ``(batch, heads, d_k, d_v)``."""
 
     conv_q: Tensor
     conv_k: Tensor
@@ -81,6 +81,7 @@ class _DeltaRuleLayer(SequenceLayer):
     """
 
     parallel_modes = ("chunk",)
+    renamed_arguments = {"conv_size": "d_conv"}
 
     def __init__(
         self,
@@ -88,7 +89,7 @@ class _DeltaRuleLayer(SequenceLayer):
         num_heads: int,
         expand_k: float,
         expand_v: float,
-        conv_size: int,
+        d_conv: int,
         norm_eps: float,
         negative_eigenvalues: bool,
         mode: str,
@@ -101,7 +102,7 @@ class _DeltaRuleLayer(SequenceLayer):
         owner = type(self).__name__
         self.num_heads = check_int(owner, "num_heads", num_heads)
         self.num_householder = check_int(owner, "num_householder", num_householder)
-        check_int(owner, "conv_size", conv_size)
+        check_int(owner, "d_conv", d_conv)
         for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
             if not expand > 0:
                 raise ValueError(f"{owner}: `{name}` must be > 0, got {expand!r}")
@@ -114,9 +115,9 @@ class _DeltaRuleLayer(SequenceLayer):
         self.k_proj = nn.Linear(d_model, n * key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n * value_dim, bias=False)
         self.b_proj = nn.Linear(d_model, n * num_heads, bias=False)
-        self.q_conv = CausalConv1d(key_dim, conv_size, bias=False)
-        self.k_conv = CausalConv1d(n * key_dim, conv_size, bias=False)
-        self.v_conv = CausalConv1d(n * value_dim, conv_size, bias=False)
+        self.q_conv = CausalConv1d(key_dim, d_conv, bias=False)
+        self.k_conv = CausalConv1d(n * key_dim, d_conv, bias=False)
+        self.v_conv = CausalConv1d(n * value_dim, d_conv, bias=False)
         if decay:  # as the reference: A ~ U(0, 16], Δ at init log-uniform in [1e-3, 0.1] as Mamba-2
             self.a_proj = nn.Linear(d_model, num_heads, bias=False)
             self.A_log = nn.Parameter((16 * (1 - torch.rand(num_heads))).log())
@@ -244,7 +245,7 @@ class DeltaNet(_DeltaRuleLayer):
         y_t = W_o RMSNorm_h(o_t)
 
     As flash-linear-attention's ``DeltaNet`` defaults: depthwise causal convs of
-    width ``conv_size = 4`` without bias on q, k, v, each followed by SiLU; q and
+    width ``d_conv = 4`` without bias on q, k, v, each followed by SiLU; q and
     k L2-normalised per head (``ε = 1e-6``); key and value sizes ``expand_k ·
     d_model`` and ``expand_v · d_model`` (both 1) split over ``num_heads``; RMSNorm
     per head with a learned weight; no output gate (fla's ``use_gate=False``);
@@ -268,13 +269,13 @@ class DeltaNet(_DeltaRuleLayer):
         num_heads: int = 4,
         expand_k: float = 1.0,
         expand_v: float = 1.0,
-        conv_size: int = 4,
+        d_conv: int = 4,
         norm_eps: float = 1e-5,
         negative_eigenvalues: bool = False,
         mode: str = "auto",
     ) -> None:
         super().__init__(
-            d_model, num_heads, expand_k, expand_v, conv_size, norm_eps, negative_eigenvalues, mode,
+            d_model, num_heads, expand_k, expand_v, d_conv, norm_eps, negative_eigenvalues, mode,
             decay=False, gate=False,
         )  # fmt: skip
 
@@ -309,13 +310,13 @@ class GatedDeltaNet(_DeltaRuleLayer):
         num_heads: int = 4,
         expand_k: float = 1.0,
         expand_v: float = 2.0,
-        conv_size: int = 4,
+        d_conv: int = 4,
         norm_eps: float = 1e-5,
         negative_eigenvalues: bool = False,
         mode: str = "auto",
     ) -> None:
         super().__init__(
-            d_model, num_heads, expand_k, expand_v, conv_size, norm_eps, negative_eigenvalues, mode,
+            d_model, num_heads, expand_k, expand_v, d_conv, norm_eps, negative_eigenvalues, mode,
             decay=True, gate=True,
         )  # fmt: skip
 
@@ -355,12 +356,12 @@ class DeltaProduct(_DeltaRuleLayer):
         use_forget_gate: bool = True,
         expand_k: float = 1.0,
         expand_v: float = 2.0,
-        conv_size: int = 4,
+        d_conv: int = 4,
         norm_eps: float = 1e-5,
         negative_eigenvalues: bool = False,
         mode: str = "auto",
     ) -> None:
         super().__init__(
-            d_model, num_heads, expand_k, expand_v, conv_size, norm_eps, negative_eigenvalues, mode,
+            d_model, num_heads, expand_k, expand_v, d_conv, norm_eps, negative_eigenvalues, mode,
             num_householder=num_householder, decay=use_forget_gate, gate=True,
         )  # fmt: skip

@@ -47,19 +47,20 @@ class HGRN(SequenceLayer):
     """
 
     parallel_modes = ("scan",)
+    renamed_arguments = {"expansion": "expand"}
 
     def __init__(
         self,
         d_model: int,
-        expansion: float = 1.0,
+        expand: float = 1.0,
         lower_bound: float | Tensor = 0.0,
         negative_eigenvalues: bool = False,
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
-        if expansion <= 0:
-            raise ValueError(f"HGRN: `expansion` must be > 0, got {expansion}")
-        self.d_hidden = max(1, round(expansion * d_model))
+        if not expand > 0:
+            raise ValueError(f"HGRN: `expand` must be > 0, got {expand}")
+        self.d_hidden = max(1, round(expand * d_model))
         self.register_buffer("lower_bound", lower_bound_buffer("HGRN", lower_bound, self.d_hidden))
         self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, 3 * self.d_hidden, bias=False)  # c, f, g

@@ -20,20 +20,21 @@ __all__ = ["MinGRU", "MinLSTM"]
 class _MinRNN(SequenceLayer):
     """Shared shell: one input projection to (gates, candidate), the scan, an optional output projection.
 
-    With ``expansion != 1`` the hidden size is ``round(expansion * d_model)`` and
+    With ``expand != 1`` the hidden size is ``round(expand * d_model)`` and
     a linear layer maps it back to ``d_model`` (as in the paper's stacked models).
     With ``negative_eigenvalues=True`` the transition ``a_t ∈ (0, 1)`` becomes
     ``2 a_t - 1 ∈ (-1, 1)`` (Grazzi et al. 2024), which lets it count mod 2.
     """
 
     parallel_modes = ("scan",)
+    renamed_arguments = {"expansion": "expand"}
     n_gates: int  # projections besides the candidate
 
-    def __init__(self, d_model: int, expansion: float = 1.0, negative_eigenvalues: bool = False, mode: str = "auto"):
+    def __init__(self, d_model: int, expand: float = 1.0, negative_eigenvalues: bool = False, mode: str = "auto"):
         super().__init__(d_model, mode)
-        if expansion <= 0:
-            raise ValueError(f"{type(self).__name__}: `expansion` must be > 0, got {expansion}")
-        self.d_hidden = max(1, round(expansion * d_model))
+        if not expand > 0:
+            raise ValueError(f"{type(self).__name__}: `expand` must be > 0, got {expand}")
+        self.d_hidden = max(1, round(expand * d_model))
         self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, (self.n_gates + 1) * self.d_hidden)
         self.out_proj = nn.Linear(self.d_hidden, d_model) if self.d_hidden != d_model else nn.Identity()
