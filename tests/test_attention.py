@@ -9,7 +9,8 @@ import torch
 
 from forms import assert_forms_agree
 from rnnzoo.layers import Attention
-from rnnzoo.layers.attention import KVCache, append_to_cache, rotate
+from rnnzoo.layers.attention import KVCache, append_to_cache
+from rnnzoo.layers.common import rotate
 
 D_MODEL = 8
 

@@ -91,8 +91,8 @@ def test_deltaproduct_operator_groups_sum_to_the_output():
     x = torch.randn(2, 20, D_MODEL, dtype=torch.float64)
     V, Y = layer.mixer_io(x)
     assert V.shape == Y.shape == (2, layer.num_heads * 3, 20, layer.head_v)
-    q, k, v, beta, log_alpha, _ = layer._engine_inputs(x)
-    o = delta_rule_reference(q, k, v, beta, log_alpha)[0][:, :, 2::3]  # the last sub-step of each token
+    inputs = layer.engine_inputs(x)[0]
+    o = delta_rule_reference(inputs.q, inputs.k, inputs.v, inputs.beta, inputs.log_alpha)[0][:, :, 2::3]  # the last sub-step of each token
     torch.testing.assert_close(Y.unflatten(1, (layer.num_heads, 3)).sum(2), o, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(layer.materialize(x) @ V, Y, rtol=1e-10, atol=1e-12)
 
@@ -102,7 +102,8 @@ def test_negative_eigenvalues_only_with_the_flag(cls):
     x = 5 * torch.randn(2, 200, D_MODEL, dtype=torch.float64)
     for negative in (False, True):
         layer = make(cls, negative_eigenvalues=negative)
-        _, k, _, beta, _, _ = layer._engine_inputs(x)
+        inputs = layer.engine_inputs(x)[0]
+        k, beta = inputs.k, inputs.beta
         transition = torch.eye(layer.head_k, dtype=x.dtype) - beta[..., None, None] * k[..., :, None] * k[..., None, :]
         smallest = torch.linalg.eigvalsh(transition).min()
         if negative:
@@ -120,7 +121,7 @@ def test_gated_deltanet_decay_init():
     assert dt.min() >= 1e-3 * (1 - 1e-6) and dt.max() <= 0.1 * (1 + 1e-6)  # Δ = softplus(dt_bias) at init
     log_dt = dt.log()
     assert log_dt.min() < math.log(3e-3) and log_dt.max() > math.log(3e-2)  # log-uniform spread
-    _, _, _, _, log_alpha, _ = layer._engine_inputs(torch.randn(1, 5, 128))
+    log_alpha = layer.engine_inputs(torch.randn(1, 5, 128))[0].log_alpha
     assert (log_alpha < 0).all()
 
 

@@ -118,7 +118,8 @@ def test_hgrn2_forget_gate_respects_lower_bound():
     layer = make_hgrn2()
     x = 30 * torch.randn(4, 50, 8, dtype=torch.float64)  # saturates σ: f reaches its bound
     with torch.no_grad():
-        _, k, _, log_f, _ = layer._engine_inputs(x)
+        inputs = layer.engine_inputs(x)[0]
+        k, log_f = inputs.k, inputs.log_alpha
     bound = layer.lower_bound.view(2, 1, 4)
     f = log_f.exp()
     assert (f >= bound * (1 - 1e-12)).all() and (f <= 1).all()
@@ -131,7 +132,8 @@ def decays(layer, negative: bool) -> torch.Tensor:
     """The signed decays α_t the layer feeds the engine for strong random inputs."""
     layer.negative_eigenvalues = negative
     with torch.no_grad():
-        _, _, _, log_alpha, sign, *_ = layer._engine_inputs(3 * torch.randn(4, 50, 8, dtype=torch.float64))
+        inputs = layer.engine_inputs(3 * torch.randn(4, 50, 8, dtype=torch.float64))[0]
+    log_alpha, sign = inputs.log_alpha, inputs.sign
     return log_alpha.exp() if sign is None else torch.where(sign, -1.0, 1.0) * log_alpha.exp()
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.layers import Hawk, Mamba
+from rnnzoo.ops import selective_transition
 
 
 def mamba_reference(layer: Mamba, x: torch.Tensor):
@@ -125,7 +126,10 @@ def transitions(layer, negative: bool) -> torch.Tensor:
     layer.negative_eigenvalues = negative
     u = 3 * torch.randn(4, 50, layer.conv.channels, dtype=torch.float64)
     with torch.no_grad():
-        return (layer._discretize(u) if isinstance(layer, Mamba) else layer._transition(u))[0]
+        if isinstance(layer, Mamba):
+            dt, A, _, _ = layer._selection(u)
+            return selective_transition(dt, A, negative)
+        return layer._transition(u)[0]
 
 
 @pytest.mark.parametrize("cls", [Mamba, Hawk])

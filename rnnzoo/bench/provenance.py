@@ -50,13 +50,32 @@ def _defining_module(package: str, name: str) -> tuple[str, bool]:
     return package, False
 
 
+def _type_checking_only(node: ast.AST) -> bool:
+    """An ``if TYPE_CHECKING:`` block: imports for annotations, never run."""
+    test = getattr(node, "test", None)
+    name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else None
+    return isinstance(node, ast.If) and name == "TYPE_CHECKING"
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` but those inside ``if TYPE_CHECKING:`` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if _type_checking_only(node):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
 @functools.cache
 def _imports(module: str) -> frozenset[tuple[str, bool]]:
     """The rnnzoo modules that ``module``'s source imports directly, each with whether to follow its imports."""
     path = _path(module)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update((alias.name, True) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.softmax_scan import softmax_scan, softmax_scan_operator, softmax_scan_reference
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, state_dtype
-from .linear_attention import head_size
+from .base import EngineLayer, RecurrentState, state_dtype
+from .common import head_size
+from .engines import SoftmaxScanEngine, SoftmaxScanInputs
 
 __all__ = ["Aaren", "AarenState"]
 
@@ -29,13 +29,14 @@ class AarenState(RecurrentState):
     softmax denominator ``(batch, heads)`` and ``w`` the numerator ``(batch, heads, d_head)``, both relative
     to ``exp(m)``. No tokens seen is ``(-inf, 0, 0)``."""
 
+    engine_fields = ("m", "u", "w")
     m: Tensor
     u: Tensor
     w: Tensor
 
 
 @register("aaren", family="attention RNN", engine="softmax_scan", paper="Feng et al. 2024, Attention as an RNN")
-class Aaren(SequenceLayer):
+class Aaren(EngineLayer):
     """Aaren's token mixer, for head ``h`` with its learned query ``q_h`` ``(d_head)``::
 
         k_t, v_t = W_k x_t,  W_v x_t                         (split into heads)
@@ -58,7 +59,7 @@ class Aaren(SequenceLayer):
     in float32. State: :class:`AarenState`.
     """
 
-    parallel_modes = ("scan",)
+    engine = SoftmaxScanEngine()
 
     def __init__(self, d_model: int, num_heads: int = 4, mode: str = "auto") -> None:
         super().__init__(d_model, mode)
@@ -77,31 +78,15 @@ class Aaren(SequenceLayer):
             torch.zeros(batch_size, self.num_heads, self.head_dim, **kw),
         )
 
-    def _scores_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``s`` ``(batch, time, heads)`` and ``v`` ``(batch, time, heads, d_head)`` in the state dtype."""
+    def engine_inputs(self, x: Tensor, state: AarenState | None = None) -> tuple[SoftmaxScanInputs, None]:
+        """Scores ``s = k · q / sqrt(d_head)`` ``(batch, time, heads)`` against the learned query and values
+        ``v`` ``(batch, time, heads, d_head)``, in the state dtype."""
         dtype = state_dtype(x.dtype)
         k, v = (u.unflatten(-1, (self.num_heads, self.head_dim)).to(dtype) for u in self.kv_proj(x).chunk(2, -1))
-        return (k * self.query.to(dtype)).sum(-1) * self.head_dim**-0.5, v
+        return SoftmaxScanInputs((k * self.query.to(dtype)).sum(-1) * self.head_dim**-0.5, v), None
 
-    def _mix(self, x: Tensor, state: AarenState | None, mode: str) -> tuple[Tensor, AarenState]:
-        """Per-head outputs ``(batch, time, heads, d_head)`` and the state after ``x``."""
-        scan = softmax_scan if mode == "scan" else softmax_scan_reference
-        o, (m, u, w) = scan(*self._scores_values(x), None if state is None else (state.m, state.u, state.w))
-        return o, AarenState(m, u, w)
-
-    def _forward(self, x: Tensor, state: AarenState | None, mode: str) -> tuple[Tensor, AarenState]:
-        o, state = self._mix(x, state, mode)
-        return self.out_proj(o.flatten(-2).to(x.dtype)), state
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, h, t, i] = softmax_{i<=t}(s)`` ``= exp(s_i) / Σ_{j<=t} exp(s_j)`` for ``i <= t``: the attention
-        weights of each head's query. Groups are the heads."""
-        return softmax_scan_operator(self._scores_values(x)[0])
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, o)`` per head ``(batch, heads, time, d_head)``, before the output projection."""
-        v = self._scores_values(x)[1]
-        return v.transpose(1, 2), self._mix(x, None, self.parallel_modes[0])[0].transpose(1, 2)
+    def read_output(self, x: Tensor, o: Tensor, final: tuple, carry: None) -> tuple[Tensor, AarenState]:
+        return self.out_proj(o.flatten(-2).to(x.dtype)), AarenState(*final)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_heads={self.num_heads}, head_dim={self.head_dim}"

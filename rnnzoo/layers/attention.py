@@ -13,42 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, state_dtype
-from .linear_attention import head_size, merge_heads, split_heads
+from .base import EngineLayer, RecurrentState, state_dtype
+from .common import ROTARY_BASE, head_size, merge_heads, rotate, split_heads
+from .engines import AttentionEngine, AttentionInputs
 
-__all__ = ["Attention", "KVCache", "append_to_cache", "rotate", "rotate_pairs"]
-
-ROTARY_BASE = 10000.0
-
-
-def rotate(u: Tensor, start: int, base: float = ROTARY_BASE) -> Tensor:
-    """Rotary position embedding of ``u`` ``(batch, heads, time, d)`` whose first token is at position ``start``.
-
-    Each pair ``(u_{2i}, u_{2i+1})`` of the token at position ``n`` is rotated by
-    the angle ``n θ_i``, ``θ_i = base^{-2i/d}`` (RoFormer's interleaved pairs, as
-    RetNet here; the half-split layout of GPT-NeoX and LLaMA is a permutation of
-    the q and k weights), so that ``rotate(q)_n · rotate(k)_m`` depends on
-    ``n - m`` only. The angles are computed in float64 (exact positions,
-    accurate at any context length).
-    """
-    half = u.shape[-1] // 2
-    positions = torch.arange(start, start + u.shape[2], dtype=torch.float64, device=u.device)
-    theta = base ** (-torch.arange(half, dtype=torch.float64, device=u.device) / half)
-    return rotate_pairs(u, positions[:, None] * theta)  # angles (time, d / 2)
-
-
-def rotate_pairs(u: Tensor, angle: Tensor) -> Tensor:
-    """Rotate each pair ``(u_{2i}, u_{2i+1})`` of ``u`` ``(..., d)`` by ``angle[..., i]`` (broadcast to
-    ``(..., d / 2)``; computed in its own dtype, the result in ``u``'s)."""
-    cos, sin = angle.cos().to(u.dtype), angle.sin().to(u.dtype)
-    even, odd = u[..., 0::2], u[..., 1::2]
-    return torch.stack([even * cos - odd * sin, even * sin + odd * cos], -1).flatten(-2)
-
+__all__ = ["Attention", "KVCache", "append_to_cache"]
 
 @dataclass
 class _Room:
@@ -75,6 +48,19 @@ class KVCache(RecurrentState):
 
     def tensors(self) -> dict[str, Tensor]:
         return {"k": self.k, "v": self.v}
+
+    def engine_state(self) -> KVCache:
+        return self
+
+    @classmethod
+    def empty(cls, like: Tensor) -> KVCache:
+        """No tokens seen, for queries ``like`` ``(batch, heads, ·, d_head)``."""
+        empty = like.new_zeros(*like.shape[:2], 0, like.shape[-1])
+        return cls(empty, empty.clone())
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        """:func:`append_to_cache`."""
+        return append_to_cache(self, k, v)
 
     @property
     def position(self) -> int:
@@ -119,7 +105,7 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
     engine="attention",
     paper="Vaswani et al. 2017, Attention Is All You Need; Su et al. 2021, RoFormer (rotary positions)",
 )
-class Attention(SequenceLayer):
+class Attention(EngineLayer):
     """Causal multi-head softmax attention with rotary positions, per head at position ``n``::
 
         q_n, k_n, v_n = R_n W_q x_n,  R_n W_k x_n,  W_v x_n
@@ -138,7 +124,7 @@ class Attention(SequenceLayer):
     half-precision parameters the cache and the attention are float32.
     """
 
-    parallel_modes = ("sdpa",)
+    engine = AttentionEngine(KVCache)
 
     def __init__(self, d_model: int, num_heads: int = 4, rotary_base: float = ROTARY_BASE, mode: str = "auto") -> None:
         super().__init__(d_model, mode)
@@ -158,50 +144,15 @@ class Attention(SequenceLayer):
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, **kw)
         return KVCache(empty, empty.clone())
 
-    def _qkv(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
-        """``(q, k, v)`` ``(batch, heads, time, d_head)`` in the state dtype, rotated from position ``start``."""
+    def engine_inputs(self, x: Tensor, state: KVCache | None = None) -> tuple[AttentionInputs, None]:
+        """``(q, k, v)`` ``(batch, heads, time, d_head)`` in the state dtype, rotated from the cache's position."""
         heads = split_heads(self.qkv_proj(x), 3 * self.num_heads, state_dtype(x.dtype))  # q, k, v heads in turn
+        start = 0 if state is None else state.position
         q, k = rotate(heads[:, : 2 * self.num_heads], start, self.rotary_base).chunk(2, 1)
-        return q, k, heads[:, 2 * self.num_heads :]
+        return AttentionInputs(q, k, heads[:, 2 * self.num_heads :]), None
 
-    def _attend(self, q: Tensor, cache: KVCache) -> Tensor:
-        """Outputs of queries ``q`` ``(batch, heads, n, d_head)``, the cache's last ``n`` tokens, over the cache."""
-        n, length = q.shape[2], cache.position
-        if n == 1:
-            return F.scaled_dot_product_attention(q, cache.k, cache.v)
-        if n == length:
-            return F.scaled_dot_product_attention(q, cache.k, cache.v, is_causal=True)
-        visible = torch.arange(length, device=q.device) <= torch.arange(length - n, length, device=q.device)[:, None]
-        return F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=visible)
-
-    def _mix(self, x: Tensor, cache: KVCache | None, mode: str) -> tuple[Tensor, KVCache]:
-        """Per-head outputs ``(batch, heads, time, d_head)`` and the cache after ``x``."""
-        cache = self.init_state(x.shape[0], x.device, x.dtype) if cache is None else cache
-        q, k, v = self._qkv(x, cache.position)
-        if mode == "sdpa":
-            cache = append_to_cache(cache, k, v)
-            return self._attend(q, cache), cache
-        outputs = []
-        for q_t, k_t, v_t in zip(q.split(1, 2), k.split(1, 2), v.split(1, 2)):
-            cache = append_to_cache(cache, k_t, v_t)
-            outputs.append(self._attend(q_t, cache))
-        return torch.cat(outputs, 2), cache
-
-    def _forward(self, x: Tensor, state: KVCache | None, mode: str) -> tuple[Tensor, KVCache]:
-        o, cache = self._mix(x, state, mode)
+    def read_output(self, x: Tensor, o: Tensor, cache: KVCache, carry: None) -> tuple[Tensor, KVCache]:
         return self.out_proj(merge_heads(o, x.dtype)), cache
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, h, t, s] = softmax_s((R_t q_t)·(R_s k_s) / sqrt(d_head))`` for ``s <= t``, from position 0:
-        the attention weights. Groups are the heads."""
-        q, k, _ = self._qkv(x, 0)
-        scores = q @ k.transpose(-1, -2) * self.head_dim**-0.5
-        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
-        return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, o)`` per head, before the output projection (from position 0)."""
-        return self._qkv(x, 0)[2], self._mix(x, None, self.parallel_modes[0])[0]
 
     def _check_state(self, state: KVCache | None, batch_size: int, device: torch.device) -> None:
         """A cache of any length ``t``: ``k`` and ``v`` ``(batch, heads, t, d_head)``."""

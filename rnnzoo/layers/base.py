@@ -18,26 +18,34 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import warnings
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import (
-    gated_linear_attention, gated_linear_attention_reference, linear_scan, linear_scan_operator, linear_scan_reference
-)  # fmt: skip
+from .common import state_dtype
 
-__all__ = [
-    "RecurrentState", "DiagonalState", "MatrixState", "SequenceLayer", "state_dtype", "diagonal_recurrence",
-    "matrix_recurrence", "widen_log_decay", "decay_eigenvalues", "diagonal_operator", "channel_groups",
-]  # fmt: skip
+if TYPE_CHECKING:
+    from .engines import Engine
+
+__all__ = ["DiagonalState", "EngineLayer", "MatrixState", "RecurrentState", "SequenceLayer", "state_dtype"]
 
 
 class RecurrentState:
-    """Base for the dataclasses that hold a layer's recurrent state (fields are tensors)."""
+    """Base for the dataclasses that hold a layer's recurrent state (fields are tensors).
+
+    ``engine_fields`` names the fields that are the engine's state (:meth:`engine_state`); the others belong
+    to the layer (a short convolution's last inputs, a position).
+    """
+
+    engine_fields: ClassVar[tuple[str, ...]] = ()
+
+    def engine_state(self):
+        """What the layer's engine continues from: the one engine field, or a tuple of them."""
+        values = tuple(getattr(self, name) for name in self.engine_fields)
+        return values[0] if len(values) == 1 else values
 
     def tensors(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -55,100 +63,16 @@ class RecurrentState:
 class DiagonalState(RecurrentState):
     """State of a diagonal linear recurrence: ``h`` of shape ``(batch, *state)``."""
 
+    engine_fields: ClassVar[tuple[str, ...]] = ("h",)
     h: Tensor
-
-
-def diagonal_recurrence(a: Tensor, b: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
-    """Engine 2 by mode: the chunked scan (``"scan"``) or the reference loop (``"recurrent"``)."""
-    return (linear_scan if mode == "scan" else linear_scan_reference)(a, b, h0)
-
-
-def diagonal_operator(a: Tensor, w: Tensor) -> Tensor:
-    """Operator of the per-channel recurrence ``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t`` from a zero state.
-
-    ``a, w`` ``(batch, T, channels)``; returns ``M`` ``(batch, channels, T, T)`` with
-    ``M[b, c, t, s] = (Π_{r=s+1..t} a_{r,c}) w_{s,c}`` for ``s <= t``, so ``h = M @ v`` per channel.
-    """
-    return (linear_scan_operator(a, w.shape) * w.unsqueeze(1)).movedim(-1, 1)
-
-
-def channel_groups(*xs: Tensor) -> tuple[Tensor, ...]:
-    """``(batch, T, channels) -> (batch, channels, T, 1)``: each channel a group of the operator view, ``d_v = 1``."""
-    return tuple(x.transpose(1, 2).unsqueeze(-1) for x in xs)
 
 
 @dataclasses.dataclass
 class MatrixState(RecurrentState):
     """State of a gated linear attention layer: ``S`` of shape ``(batch, heads, d_k, d_v)``."""
 
+    engine_fields: ClassVar[tuple[str, ...]] = ("S",)
     S: Tensor
-
-
-def matrix_recurrence(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    log_alpha: Tensor | None,
-    S0: Tensor | None,
-    mode: str,
-    alpha_sign: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Engine 3 by mode: the chunkwise form (``"chunk"``) or the reference loop (``"recurrent"``).
-
-    ``q, k`` ``(B, H, T, d_k)``, ``v`` ``(B, H, T, d_v)``, ``log_alpha`` ``(B, H, T)`` or
-    ``(B, H, T, d_k)`` or ``None``; see :mod:`rnnzoo.ops.gated_linear_attention`.
-    """
-    fn = gated_linear_attention if mode == "chunk" else gated_linear_attention_reference
-    return fn(q, k, v, log_alpha, S0, alpha_sign=alpha_sign)
-
-
-def widen_log_decay(log_alpha: Tensor) -> tuple[Tensor, Tensor]:
-    """Negative eigenvalues for a decay given in log space: ``α ∈ (0, 1] -> 2α - 1 ∈ (-1, 1]``.
-
-    Returns ``(log|2α - 1|, 2α - 1 < 0)``, the form engine 3 takes (``log_alpha``,
-    ``alpha_sign``). The magnitude is floored at the dtype's smallest normal
-    number, so ``α = 1/2`` gives a finite log and a zero (not NaN) gradient.
-    """
-    widened = 2 * torch.exp(log_alpha) - 1
-    return torch.log(widened.abs().clamp_min(torch.finfo(widened.dtype).tiny)), widened < 0
-
-
-def decay_eigenvalues(log_alpha: Tensor, alpha_sign: Tensor | None = None) -> Tensor:
-    """Engine 3's decay ``α_t`` as transition eigenvalues: ``±exp(log_alpha)`` (negative where
-    ``alpha_sign``), from the engine's layout ``(batch, heads, time[, d_k])`` to ``(batch, time, heads[, d_k])``."""
-    alpha = torch.exp(log_alpha)
-    if alpha_sign is not None:
-        alpha = torch.where(alpha_sign, -alpha, alpha)
-    return alpha.transpose(1, 2)
-
-
-DT_INIT_FLOOR = 1e-4  # smallest step Δ at initialisation, as in the Mamba reference
-
-
-def dt_bias_init(size: int, dt_min: float = 0.001, dt_max: float = 0.1) -> Tensor:
-    """Mamba's step-size bias: Δ drawn log-uniformly in ``[dt_min, dt_max]`` (floored at 1e-4), returned as
-    its inverse softplus so that ``softplus(bias) = Δ`` (Gu & Dao 2023; also Mamba-2 and Gated DeltaNet)."""
-    dt = torch.empty(size).uniform_(math.log(dt_min), math.log(dt_max)).exp().clamp(min=DT_INIT_FLOOR)
-    return dt + torch.log(-torch.expm1(-dt))
-
-
-def lower_bound_buffer(owner: str, lower_bound: float | Tensor, size: int) -> Tensor:
-    """HGRN's forget-gate lower bound γ as a ``(size,)`` tensor: a float or a ``(size,)`` tensor in [0, 1)."""
-    bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype())
-    if bound.dim() > 1 or (bound.dim() == 1 and bound.shape[0] != size):
-        raise ValueError(f"{owner}: `lower_bound` must be a float or a ({size},) tensor, got {tuple(bound.shape)}")
-    if not ((bound >= 0) & (bound < 1)).all():
-        raise ValueError(f"{owner}: `lower_bound` must lie in [0, 1)")
-    return bound.expand(size).clone()
-
-
-def state_dtype(dtype: torch.dtype, complex_state: bool = False) -> torch.dtype:
-    """Dtype a recurrent state is kept in: float32 for half-precision inputs, else the input's."""
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
-    if complex_state:
-        return torch.complex128 if dtype == torch.float64 else torch.complex64
-    return dtype
 
 
 def first_nonfinite_step(x: Tensor) -> int | None:
@@ -161,11 +85,13 @@ def first_nonfinite_step(x: Tensor) -> int | None:
 
 def _with_factory_keywords(init):
     """A layer's ``init`` taking PyTorch's ``device=`` and ``dtype=`` factory keywords (the finished layer is
-    moved and cast, once, by the outermost constructor) and the old names in its ``renamed_arguments``
-    (passed on under their new names, with a ``DeprecationWarning``)."""
+    moved and cast, once, by the outermost constructor), ``chunk_size=`` where its engine has a chunked form,
+    and the old names in its ``renamed_arguments`` (passed on under their new names, with a
+    ``DeprecationWarning``)."""
 
     @functools.wraps(init)
     def __init__(self, *args, device: torch.device | str | None = None, dtype: torch.dtype | None = None, **kwargs):
+        chunk_size = kwargs.pop("chunk_size", None) if getattr(type(self), "takes_chunk_size", False) else None
         for old, new in type(self).renamed_arguments.items():
             if old in kwargs:
                 if new in kwargs:
@@ -178,6 +104,8 @@ def _with_factory_keywords(init):
                 kwargs[new] = kwargs.pop(old)
         init(self, *args, **kwargs)
         outermost = type(self).__init__ is __init__  # not a parent's constructor called through super()
+        if outermost and chunk_size is not None:
+            self.chunk_size = check_int(type(self).__name__, "chunk_size", chunk_size)
         if outermost and (device is not None or dtype is not None):
             self.to(device=device, dtype=dtype)
 
@@ -405,3 +333,58 @@ class SequenceLayer(nn.Module):
             )
         if got.device != device:
             raise ValueError(f"{where}: `state.{name}` is on {got.device} but the input is on {device}")
+
+
+class EngineLayer(SequenceLayer):
+    """A layer on one of the engines: a subclass sets ``engine`` (an adapter of :mod:`rnnzoo.layers.engines`)
+    and writes two methods,
+
+    * ``engine_inputs(x, state=None) -> (inputs, carry)``: the engine's inputs for ``x`` (in the state dtype),
+      continuing from ``state`` where the layer keeps more than the engine's state (a short convolution's
+      last inputs, a position), and whatever ``read_output`` needs;
+    * ``read_output(x, out, final, carry) -> (y, state)``: the layer's output from the engine's outputs
+      ``out``, and its state from the engine's final state ``final``;
+
+    and forward, step, :meth:`materialize`, :meth:`mixer_io` and :meth:`transition_eigenvalues` follow from
+    the adapter. The state's ``engine_fields`` are what the engine continues from. Where the engine has a
+    chunked parallel form the constructor also takes ``chunk_size=`` (default ``None``: the engine picks it
+    from the shapes), which every parallel call passes on.
+    """
+
+    engine: ClassVar[Engine]
+    chunk_size: int | None = None
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "engine" in cls.__dict__:
+            cls.parallel_modes = cls.engine.parallel_modes
+            cls.takes_chunk_size = cls.engine.chunked
+
+    def engine_inputs(self, x: Tensor, state: RecurrentState | None = None) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def read_output(self, x: Tensor, out: Tensor, final: Any, carry: Any) -> tuple[Tensor, RecurrentState]:
+        raise NotImplementedError
+
+    def _run(self, inputs: Any, state: Any, mode: str) -> tuple[Tensor, Any]:
+        return self.engine.run(inputs, state, mode, self.chunk_size)
+
+    def _forward(self, x: Tensor, state: RecurrentState | None, mode: str) -> tuple[Tensor, RecurrentState]:
+        inputs, carry = self.engine_inputs(x, state)
+        out, final = self._run(inputs, None if state is None else state.engine_state(), mode)
+        return self.read_output(x, out, final, carry)
+
+    def _materialize(self, x: Tensor) -> Tensor:
+        return self.engine.operator(self.engine_inputs(x)[0])
+
+    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        inputs = self.engine_inputs(x)[0]
+        out = self._run(inputs, None, self.parallel_modes[0])[0]
+        return self.engine.mixer_io(inputs, out, self.chunk_size)
+
+    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
+        return self.engine.eigenvalues(self.engine_inputs(x)[0])
+
+    def extra_repr(self) -> str:
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
+        return super().extra_repr() + chunk

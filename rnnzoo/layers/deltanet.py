@@ -22,31 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.delta_rule import delta_rule, delta_rule_reference
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, dt_bias_init, state_dtype
+from .base import EngineLayer, RecurrentState, state_dtype
+from .common import dt_bias_init, head_size, l2_normalize, merge_heads, norm_gate, split_heads
 from .conv import CausalConv1d
-from .linear_attention import head_size, merge_heads, split_heads
-from .retnet import norm_gate
+from .engines import DeltaRuleEngine, DeltaRuleInputs
 
-__all__ = ["DeltaNet", "DeltaNetState", "DeltaProduct", "GatedDeltaNet", "delta_recurrence"]
-
-L2_NORM_EPS = 1e-6  # q, k <- u / sqrt(|u|^2 + eps), as fla's l2norm
-
-
-def delta_recurrence(
-    q: Tensor, k: Tensor, v: Tensor, beta: Tensor, log_alpha: Tensor | None, S0: Tensor | None, mode: str
-) -> tuple[Tensor, Tensor]:
-    """Engine 4 by mode: the chunkwise form (``"chunk"``) or the reference loop (``"recurrent"``).
-
-    Shapes as :func:`rnnzoo.ops.delta_rule.delta_rule_reference`.
-    """
-    return (delta_rule if mode == "chunk" else delta_rule_reference)(q, k, v, beta, log_alpha, S0)
-
-
-def l2_normalize(u: Tensor) -> Tensor:
-    """``u / sqrt(|u|^2 + ε)`` over the last dim."""
-    return u * torch.rsqrt(u.square().sum(-1, keepdim=True) + L2_NORM_EPS)
+__all__ = ["DeltaNet", "DeltaNetState", "DeltaProduct", "GatedDeltaNet"]
 
 
 def interleave(t: Tensor, n: int) -> Tensor:
@@ -59,13 +41,14 @@ class DeltaNetState(RecurrentState):
     """``conv_q, conv_k, conv_v``: the short convolutions' last ``d_conv - 1`` inputs
     ``(batch, channels, d_conv - 1)``; ``S``: the delta-rule state ``(batch, heads, d_k, d_v)``."""
 
+    engine_fields = ("S",)
     conv_q: Tensor
     conv_k: Tensor
     conv_v: Tensor
     S: Tensor
 
 
-class _DeltaRuleLayer(SequenceLayer):
+class _DeltaRuleLayer(EngineLayer):
     """The shell shared by the three layers; ``n = num_householder`` delta steps per token::
 
         q_t = L2(SiLU(conv_q(W_q x))_t),  k_{t,j} = L2(SiLU(conv_k(W_k x))_{t,j}),  v_{t,j} = SiLU(conv_v(W_v x))_{t,j}
@@ -80,7 +63,7 @@ class _DeltaRuleLayer(SequenceLayer):
     the last (zeros elsewhere), the output read at every ``n``-th step.
     """
 
-    parallel_modes = ("chunk",)
+    engine = DeltaRuleEngine()
     renamed_arguments = {"conv_size": "d_conv"}
 
     def __init__(
@@ -134,13 +117,10 @@ class _DeltaRuleLayer(SequenceLayer):
         convs = (conv.init_state(batch_size, **kw) for conv in (self.q_conv, self.k_conv, self.v_conv))
         return DeltaNetState(*convs, S)
 
-    def _engine_inputs(self, x: Tensor, state: DeltaNetState | None = None):
-        """Engine-4 inputs over the ``T·n`` sub-steps, in the state dtype, and the new conv states.
-
-        Returns ``(q, k, v, beta, log_alpha, convs)``: ``q, k`` ``(B, H, T·n, d_k)``, ``v``
-        ``(B, H, T·n, d_v)``, ``beta`` and ``log_alpha`` ``(B, H, T·n)`` (``log_alpha`` ``None``
-        without decay), ``convs`` the three conv states.
-        """
+    def engine_inputs(self, x: Tensor, state: DeltaNetState | None = None) -> tuple[DeltaRuleInputs, tuple]:
+        """Engine-4 inputs over the ``T·n`` sub-steps, in the state dtype (``q, k`` ``(B, H, T·n, d_k)``, ``v``
+        ``(B, H, T·n, d_v)``, ``beta`` and ``log_alpha`` ``(B, H, T·n)``, ``log_alpha`` ``None`` without decay);
+        carries the three new conv states."""
         dtype, n, H = state_dtype(x.dtype), self.num_householder, self.num_heads
         convs = (None,) * 3 if state is None else (state.conv_q, state.conv_k, state.conv_v)
         projs, conv_layers = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv, self.k_conv, self.v_conv)
@@ -156,70 +136,16 @@ class _DeltaRuleLayer(SequenceLayer):
             dt = F.softplus(self.a_proj(x).to(dtype) + self.dt_bias.to(dtype)).transpose(1, 2)  # (B, H, T)
             log_alpha = dt * -torch.exp(self.A_log.to(dtype))[:, None]
             log_alpha = F.pad(log_alpha.unsqueeze(-1), (0, n - 1)).flatten(2, 3)  # on the first sub-step
-        return q, k, v, beta, log_alpha, tuple(c for _, c in outs)
+        return DeltaRuleInputs(q, k, v, beta, log_alpha, n), tuple(c for _, c in outs)
 
-    def _output(self, o: Tensor, x: Tensor) -> Tensor:
+    def read_output(self, x: Tensor, o: Tensor, S: Tensor, convs: tuple) -> tuple[Tensor, DeltaNetState]:
         """``W_o`` of the normed (and gated) per-head outputs ``o`` ``(B, H, T, d_v)``."""
         if self.gate:
-            return self.out_proj(norm_gate(o, self.g_proj(x), self.norm))
-        o = F.rms_norm(o, self.norm.normalized_shape, self.norm.weight.to(o.dtype), self.norm.eps)
-        return self.out_proj(merge_heads(o, x.dtype))
-
-    def _forward(self, x: Tensor, state: DeltaNetState | None, mode: str) -> tuple[Tensor, DeltaNetState]:
-        q, k, v, beta, log_alpha, convs = self._engine_inputs(x, state)
-        n = self.num_householder
-        o, S = delta_recurrence(q, k, v, beta, log_alpha, None if state is None else state.S, mode)
-        return self._output(o[:, :, n - 1 :: n], x), DeltaNetState(*convs, S)
-
-    def _per_substep(self, q, k, beta, log_alpha, values: Tensor, mode: str) -> Tensor:
-        """Outputs for the values of one sub-step ``j`` at a time (the others zero): engine inputs as
-        :meth:`_engine_inputs`, ``values`` ``(n, B, H, T·n, d)`` with ``values[j]`` zero off sub-step ``j``;
-        returns ``(B, H·n, T, d)``."""
-        n = self.num_householder
-        tile = lambda t: None if t is None else t.expand(n, *t.shape).flatten(0, 1)  # noqa: E731
-        o, _ = delta_recurrence(tile(q), tile(k), values.flatten(0, 1), tile(beta), tile(log_alpha), None, mode)
-        return o[:, :, n - 1 :: n].unflatten(0, (n, -1)).movedim(0, 2).flatten(1, 2)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """Eigenvalues of each token's transition ``α_t Π_j (I - β_j k_j k_j^T)`` (later sub-steps on the left).
-
-        One Householder step (DeltaNet, Gated DeltaNet): the two distinct values ``(α_t, α_t (1 - β_t))``,
-        ``(batch, time, heads, 2)``, real. Several (DeltaProduct): all ``d_k`` eigenvalues of the product,
-        ``(batch, time, heads, d_k)``, complex in general (real and in [0, 1] when every β <= 1).
-        """
-        _, k, _, beta, log_alpha, _ = self._engine_inputs(x)
-        n = self.num_householder
-        batch, heads, steps, d_k = k.shape
-        alpha = torch.ones_like(beta[..., ::n]) if log_alpha is None else torch.exp(log_alpha[..., ::n])  # (B, H, T)
-        if n == 1:
-            return torch.stack([alpha, alpha * (1 - beta)], -1).transpose(1, 2)
-        eye = torch.eye(d_k, dtype=k.dtype, device=k.device)
-        factors = eye - beta[..., None, None] * k[..., :, None] * k[..., None, :]  # (B, H, T·n, d_k, d_k)
-        product = alpha[..., None, None] * eye
-        for j in range(n):  # step j acts after steps < j
-            product = factors[:, :, j::n] @ product
-        return torch.linalg.eigvals(product).transpose(1, 2)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M`` ``(batch, heads·n, T, T)``: ``M[b, (h, j), t, s] = ∂o_{t,h} / ∂v_{s,j,h}``, the output's
-        (linear) dependence on the value of sub-step ``j`` of token ``s`` for fixed q, k, β, α,
-        computed exactly by the reference loop on one-hot values. Groups are the heads (DeltaNet,
-        Gated DeltaNet) or (head, sub-step) pairs, head-major (DeltaProduct)."""
-        q, k, _, beta, log_alpha, _ = self._engine_inputs(x)
-        batch, length, _ = x.shape
-        n, eye = self.num_householder, torch.eye(length, dtype=q.dtype, device=x.device)
-        one_hot = torch.eye(n, dtype=q.dtype, device=x.device)[:, None, :, None] * eye[None, :, None, :]
-        values = one_hot.flatten(1, 2)[:, None, None].expand(n, batch, self.num_heads, length * n, length)
-        return self._per_substep(q, k, beta, log_alpha, values, "recurrent")
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, o)`` per group, before the norm, ``(batch, heads·n, T, d_v)``; for DeltaProduct the
-        values of sub-step ``j`` and their part of ``o`` (the parts sum to ``o``)."""
-        q, k, v, beta, log_alpha, _ = self._engine_inputs(x)
-        n = self.num_householder
-        mask = torch.eye(n, dtype=v.dtype, device=v.device).repeat(1, x.shape[1])  # (n, T·n): sub-step j
-        Y = self._per_substep(q, k, beta, log_alpha, mask[:, None, None, :, None] * v, self.parallel_modes[0])
-        return v.unflatten(2, (-1, n)).movedim(3, 2).flatten(1, 2), Y
+            y = self.out_proj(norm_gate(o, self.g_proj(x), self.norm))
+        else:
+            o = F.rms_norm(o, self.norm.normalized_shape, self.norm.weight.to(o.dtype), self.norm.eps)
+            y = self.out_proj(merge_heads(o, x.dtype))
+        return y, DeltaNetState(*convs, S)
 
     def extra_repr(self) -> str:
         return (

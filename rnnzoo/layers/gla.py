@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import MatrixState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype, widen_log_decay
-from .linear_attention import head_size, split_heads
-from .retnet import norm_gate
+from .base import EngineLayer, MatrixState, state_dtype
+from .common import head_size, norm_gate, split_heads, widen_log_decay
+from .engines import MatrixEngine, MatrixInputs
 
 __all__ = ["GLA"]
 
@@ -28,7 +27,7 @@ __all__ = ["GLA"]
     paper="Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training",
     negative_eigenvalues=True,
 )
-class GLA(SequenceLayer):
+class GLA(EngineLayer):
     """The GLA layer, per head::
 
         q_t, k_t, v_t = W_q x_t / sqrt(d_k), W_k x_t, W_v x_t
@@ -51,7 +50,7 @@ class GLA(SequenceLayer):
     State: ``MatrixState(S)``, ``S`` of shape ``(batch, heads, d_k, d_v)`` per head.
     """
 
-    parallel_modes = ("chunk",)
+    engine = MatrixEngine()
 
     def __init__(
         self,
@@ -93,9 +92,9 @@ class GLA(SequenceLayer):
         shape = (batch_size, self.num_heads, self.head_k, self.head_v)
         return MatrixState(torch.zeros(shape, device=kw["device"], dtype=state_dtype(kw["dtype"])))
 
-    def _qkv_decay(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """``(q, k, v, log|α|, α < 0)`` in the engine's layout and the state dtype; the sign is
-        ``None`` without negative eigenvalues. ``log|α|`` is ``(batch, heads, time, d_k)``."""
+    def engine_inputs(self, x: Tensor, state: MatrixState | None = None) -> tuple[MatrixInputs, None]:
+        """``q / sqrt(d_k), k, v`` and ``log|α|`` ``(batch, heads, time, d_k)`` with its sign (``None`` without
+        negative eigenvalues), in the state dtype."""
         dtype = state_dtype(x.dtype)
         projections = (self.q_proj, self.k_proj, self.v_proj, self.gk_proj)
         q, k, v, gk = (split_heads(proj(x), self.num_heads, dtype) for proj in projections)
@@ -103,26 +102,10 @@ class GLA(SequenceLayer):
         sign = None
         if self.negative_eigenvalues:
             log_alpha, sign = widen_log_decay(log_alpha)
-        return q * self.head_k**-0.5, k, v, log_alpha, sign
+        return MatrixInputs(q * self.head_k**-0.5, k, v, log_alpha, sign), None
 
-    def _forward(self, x: Tensor, state: MatrixState | None, mode: str) -> tuple[Tensor, MatrixState]:
-        q, k, v, log_alpha, sign = self._qkv_decay(x)
-        o, S = matrix_recurrence(q, k, v, log_alpha, None if state is None else state.S, mode, alpha_sign=sign)
+    def read_output(self, x: Tensor, o: Tensor, S: Tensor, carry: None) -> tuple[Tensor, MatrixState]:
         return self.out_proj(norm_gate(o, self.g_proj(x), self.norm)), MatrixState(S)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, h, t, s] = Σ_d q_td k_sd Π_{r=s+1..t} α_rd`` for ``s <= t``. Groups are the heads."""
-        q, k, _, log_alpha, sign = self._qkv_decay(x)
-        return gla_operator(q, k, log_alpha, alpha_sign=sign)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``α_t`` (or ``2 α_t - 1``) per head and key dim, ``(batch, T, heads, d_k)``."""
-        return decay_eigenvalues(*self._qkv_decay(x)[3:])
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, o)`` per head, before the norm and the gate."""
-        q, k, v, log_alpha, sign = self._qkv_decay(x)
-        return v, matrix_recurrence(q, k, v, log_alpha, None, self.parallel_modes[0], alpha_sign=sign)[0]
 
     def extra_repr(self) -> str:
         return (

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .base import (
-    DiagonalState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, lower_bound_buffer, state_dtype,
-)  # fmt: skip
+from .base import DiagonalState, EngineLayer, state_dtype
+from .common import lower_bound_buffer
+from .engines import DiagonalEngine, DiagonalInputs
 
 __all__ = ["HGRN"]
 
@@ -25,7 +25,7 @@ __all__ = ["HGRN"]
     paper="Qin et al. 2023, Hierarchically Gated Recurrent Neural Network for Sequence Modeling",
     negative_eigenvalues=True,
 )
-class HGRN(SequenceLayer):
+class HGRN(EngineLayer):
     """HGRN token mixer:
 
     ``f_t = γ + (1 - γ) σ(W_f x_t)``, ``c_t = SiLU(W_c x_t)``,
@@ -46,7 +46,7 @@ class HGRN(SequenceLayer):
     State: ``DiagonalState(h)``, ``h`` of shape ``(batch, d_hidden)``.
     """
 
-    parallel_modes = ("scan",)
+    engine = DiagonalEngine()
     renamed_arguments = {"expansion": "expand"}
 
     def __init__(
@@ -71,37 +71,15 @@ class HGRN(SequenceLayer):
         kw = self._state_kwargs(device, dtype)
         return DiagonalState(torch.zeros(batch_size, self.d_hidden, device=kw["device"], dtype=state_dtype(kw["dtype"])))
 
-    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(a_t, w_t, v_t, g_t)``: ``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t`` with ``w_t = 1 - f_t``, ``v_t = c_t``;
-        ``g_t`` the output gate's pre-activation."""
+    def engine_inputs(self, x: Tensor, state: DiagonalState | None = None) -> tuple[DiagonalInputs, Tensor]:
+        """``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t`` with ``a_t = f_t`` (or ``2 f_t - 1``), ``w_t = 1 - f_t``,
+        ``v_t = c_t``; carries the output gate's pre-activation ``g_t``."""
         c, f, g = self.in_proj(x).split(self.d_hidden, dim=-1)
         f = self.lower_bound + (1 - self.lower_bound) * torch.sigmoid(f)
-        return (2 * f - 1 if self.negative_eigenvalues else f), 1 - f, F.silu(c), g
+        return DiagonalInputs(2 * f - 1 if self.negative_eigenvalues else f, F.silu(c), 1 - f), g
 
-    def _mix(self, x: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(v, h, h_last, g)``: the inputs ``c_t``, the states, the output gate's pre-activation."""
-        a, w, v, g = self._gates(x)
-        h, h_last = diagonal_recurrence(a, w * v, h0, mode)
-        return v, h, h_last, g
-
-    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
-        _, h, h_last, g = self._mix(x, None if state is None else state.h, mode)
+    def read_output(self, x: Tensor, h: Tensor, h_last: Tensor, g: Tensor) -> tuple[Tensor, DiagonalState]:
         return self.out_proj(self.norm(h) * F.silu(g)), DiagonalState(h_last)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, c, t, s] = (1 - f_{s,c}) Π_{r=s+1..t} a_{r,c}``, one group per hidden channel:
-        ``(batch, d_hidden, T, T)``."""
-        a, w, *_ = self._gates(x)
-        return diagonal_operator(a, w)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``a_t`` ``(batch, T, d_hidden)``: ``f_t``, or ``2 f_t - 1``."""
-        return self._gates(x)[0]
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``V = c_t = SiLU(W_c x_t)``, ``Y = h_t`` (before the norm and the gate), ``(batch, d_hidden, T, 1)``."""
-        v, h, *_ = self._mix(x, None, "scan")
-        return channel_groups(v, h)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, d_hidden={self.d_hidden}, negative_eigenvalues={self.negative_eigenvalues}"

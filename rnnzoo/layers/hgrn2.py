@@ -13,11 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import (
-    MatrixState, SequenceLayer, decay_eigenvalues, lower_bound_buffer, matrix_recurrence, state_dtype, widen_log_decay,
-)  # fmt: skip
+from .base import EngineLayer, MatrixState, state_dtype
+from .common import lower_bound_buffer, merge_heads, widen_log_decay
+from .engines import MatrixEngine, MatrixInputs
 
 __all__ = ["HGRN2"]
 
@@ -29,7 +28,7 @@ __all__ = ["HGRN2"]
     paper="Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion",
     negative_eigenvalues=True,
 )
-class HGRN2(SequenceLayer):
+class HGRN2(EngineLayer):
     """HGRN2 token mixer, per head (as flash-linear-attention's ``HGRN2Attention``)::
 
         f_t = γ + (1 - γ) σ(W_f x_t)                   # forget gate, per key dim, lower bound γ
@@ -58,7 +57,7 @@ class HGRN2(SequenceLayer):
     expand_ratio, expand_ratio)``. Operator (:meth:`materialize`): one group per head.
     """
 
-    parallel_modes = ("chunk",)
+    engine = MatrixEngine()
 
     def __init__(
         self,
@@ -84,9 +83,9 @@ class HGRN2(SequenceLayer):
         shape = (batch_size, self.num_heads, self.expand_ratio, self.expand_ratio)
         return MatrixState(torch.zeros(shape, device=kw["device"], dtype=state_dtype(kw["dtype"])))
 
-    def _engine_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """``(q, k, v, log_alpha, alpha_sign)`` for ``x`` ``(B, T, d_model)``, each ``(B, H, T, expand_ratio)``
-        (``alpha_sign`` ``None`` unless negative eigenvalues), in the state dtype."""
+    def engine_inputs(self, x: Tensor, state: MatrixState | None = None) -> tuple[MatrixInputs, None]:
+        """``q = SiLU(W_q x)``, ``k = 1 - f``, ``v = W_i x``, ``log|α|`` and its sign (``None`` unless negative
+        eigenvalues), each ``(B, H, T, expand_ratio)``, in the state dtype."""
         dtype = state_dtype(x.dtype)
         q, f, v = self.in_proj(x).to(dtype).split(self.d_model, dim=-1)
         bound = self.lower_bound.to(dtype)
@@ -96,27 +95,11 @@ class HGRN2(SequenceLayer):
         sign = None
         if self.negative_eigenvalues:
             log_f, sign = widen_log_decay(log_f)
-        heads = lambda t: None if t is None else t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # noqa: E731
-        return heads(F.silu(q)), heads(k), heads(v), heads(log_f), heads(sign)
+        heads = lambda t: None if t is None else t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        return MatrixInputs(heads(F.silu(q)), heads(k), heads(v), heads(log_f), heads(sign)), None
 
-    def _forward(self, x: Tensor, state: MatrixState | None, mode: str) -> tuple[Tensor, MatrixState]:
-        q, k, v, log_alpha, sign = self._engine_inputs(x)
-        o, S = matrix_recurrence(q, k, v, log_alpha, None if state is None else state.S, mode, alpha_sign=sign)
-        return self.out_proj(self.norm(o.transpose(1, 2).flatten(2).to(x.dtype))), MatrixState(S)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M`` ``(batch, num_heads, T, T)``: ``M[t, s] = Σ_d q_td k_sd Π_{r=s+1..t} α_rd`` (``α = f`` or ``2f - 1``)."""
-        q, k, _, log_alpha, sign = self._engine_inputs(x)
-        return gla_operator(q, k, log_alpha, alpha_sign=sign)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``f_t`` (or ``2 f_t - 1``) per head and key dim, ``(batch, T, num_heads, expand_ratio)``."""
-        return decay_eigenvalues(*self._engine_inputs(x)[3:])
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, o)``: the inputs ``W_i x`` and the outputs before the norm, ``(batch, num_heads, T, expand_ratio)``."""
-        q, k, v, log_alpha, sign = self._engine_inputs(x)
-        return v, matrix_recurrence(q, k, v, log_alpha, None, self.parallel_modes[0], alpha_sign=sign)[0]
+    def read_output(self, x: Tensor, o: Tensor, S: Tensor, carry: None) -> tuple[Tensor, MatrixState]:
+        return self.out_proj(self.norm(merge_heads(o, x.dtype))), MatrixState(S)
 
     def extra_repr(self) -> str:
         return (

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import linear_scan_operator
 from ..registry import register
-from .base import DiagonalState, SequenceLayer, channel_groups, diagonal_recurrence, state_dtype
+from .base import DiagonalState, EngineLayer, state_dtype
+from .engines import DiagonalEngine, DiagonalInputs
 
 __all__ = ["LRU"]
 
@@ -29,7 +29,7 @@ __all__ = ["LRU"]
     paper="Orvieto et al. 2023, Resurrecting Recurrent Neural Networks for Long Sequences",
     negative_eigenvalues=False,
 )
-class LRU(SequenceLayer):
+class LRU(EngineLayer):
     """LRU: ``λ = exp(-exp(ν_log) + i·exp(θ_log))``, ``h_t = λ ⊙ h_{t-1} + γ ⊙ (B x_t)``,
     ``y_t = Re(C h_t) + D ⊙ x_t``.
 
@@ -47,7 +47,7 @@ class LRU(SequenceLayer):
     with ``h`` complex, ``(batch, d_state)``.
     """
 
-    parallel_modes = ("scan",)
+    engine = DiagonalEngine()
 
     def __init__(
         self,
@@ -88,40 +88,18 @@ class LRU(SequenceLayer):
         real = state_dtype(self.nu_log.dtype)
         return torch.exp(torch.complex(-torch.exp(self.nu_log.to(real)), torch.exp(self.theta_log.to(real))))
 
-    def _mix(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor, Tensor]:
-        """``(γ ⊙ B u, h, h_last)``: the recurrence's inputs and states, from ``u`` (``x`` in the state dtype)."""
+    def engine_inputs(self, x: Tensor, state: DiagonalState | None = None) -> tuple[DiagonalInputs, Tensor]:
+        """``h_t = λ ⊙ h_{t-1} + γ ⊙ B x_t`` (complex; ``λ`` time-invariant); carries ``x`` in the state dtype.
+        The operator's groups are the state modes, not the channels (``B`` and ``C`` mix channels)."""
+        u = x.to(state_dtype(x.dtype))
         gamma = torch.exp(self.gamma_log.to(u.dtype))
         # γ ⊙ (B x): real and imaginary parts as two real matmuls
         B_re, B_im = gamma[:, None] * self.B_re.to(u.dtype), gamma[:, None] * self.B_im.to(u.dtype)
-        bu = torch.complex(u @ B_re.T, u @ B_im.T)
-        h, h_last = diagonal_recurrence(self.eigenvalues(), bu, h0, mode)
-        return bu, h, h_last
+        return DiagonalInputs(self.eigenvalues(), torch.complex(u @ B_re.T, u @ B_im.T)), u
 
-    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
-        real = state_dtype(x.dtype)
-        u = x.to(real)
-        _, h, h_last = self._mix(u, None if state is None else state.h, mode)
-        y = h.real @ self.C_re.to(real).T - h.imag @ self.C_im.to(real).T + self.D.to(real) * u  # Re(C h) + D x
+    def read_output(self, x: Tensor, h: Tensor, h_last: Tensor, u: Tensor) -> tuple[Tensor, DiagonalState]:
+        y = h.real @ self.C_re.to(u.dtype).T - h.imag @ self.C_im.to(u.dtype).T + self.D.to(u.dtype) * u  # Re(C h) + D x
         return y.to(x.dtype), DiagonalState(h_last)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, n, t, s] = λ_n^{t-s}``: complex, one group per state mode ``(batch, d_state, T, T)``.
-
-        The groups are the modes, not the channels: ``B`` and ``C`` mix channels, so
-        no per-channel T×T operator exists. The same for every input (time-invariant).
-        """
-        L = linear_scan_operator(self.eigenvalues(), (1, x.shape[1], self.d_state))
-        return L.movedim(-1, 1).expand(x.shape[0], -1, -1, -1)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``λ`` (complex, ``|λ| < 1``) at every token, ``(batch, T, d_state)``."""
-        return self.eigenvalues().expand(*x.shape[:2], -1)
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``V = γ ⊙ B x_t``, ``Y = h_t`` (before the readout ``Re(C h_t) + D x_t``), complex,
-        ``(batch, d_state, T, 1)``."""
-        bu, h, _ = self._mix(x.to(state_dtype(x.dtype)), None, "scan")
-        return channel_groups(bu, h)
 
     def extra_repr(self) -> str:
         return (

@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import linear_scan_operator, selective_scan, selective_scan_reference, selective_transition
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, channel_groups, dt_bias_init, state_dtype
+from .base import EngineLayer, RecurrentState, state_dtype
+from .common import dt_bias_init
 from .conv import CausalConv1d
+from .engines import SelectiveEngine, SelectiveInputs
 
 __all__ = ["Mamba", "MambaState"]
 
@@ -31,6 +32,7 @@ class MambaState(RecurrentState):
     """``conv``: the last ``d_conv - 1`` conv inputs ``(batch, d_inner, d_conv - 1)``;
     ``ssm``: the SSM state ``h`` ``(batch, d_inner, d_state)``."""
 
+    engine_fields = ("ssm",)
     conv: Tensor
     ssm: Tensor
 
@@ -42,7 +44,7 @@ class MambaState(RecurrentState):
     paper="Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
     negative_eigenvalues=True,
 )
-class Mamba(SequenceLayer):
+class Mamba(EngineLayer):
     """The Mamba block, as in the reference ``mamba_simple.py``::
 
         x, z = in_proj(input)                              # d_model -> 2 d_inner
@@ -68,7 +70,7 @@ class Mamba(SequenceLayer):
     ``ssm`` ``(batch, d_inner, d_state)``).
     """
 
-    parallel_modes = ("scan",)
+    engine = SelectiveEngine()
 
     def __init__(
         self,
@@ -120,6 +122,16 @@ class Mamba(SequenceLayer):
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=kw["device"], dtype=state_dtype(kw["dtype"]))
         return MambaState(self.conv.init_state(batch_size, **kw), ssm)
 
+    def engine_inputs(self, x: Tensor, state: MambaState | None = None) -> tuple[SelectiveInputs, tuple[Tensor, Tensor]]:
+        """The selective SSM over ``u = SiLU(CausalConv1d(x))`` (:meth:`_selection`), in the state dtype; carries the
+        gate branch ``z`` and the new conv state."""
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u, conv = self.conv(u, None if state is None else state.conv)
+        u = F.silu(u)
+        dt, A, B, C = self._selection(u)
+        D = self.D.to(dt.dtype)
+        return SelectiveInputs(u.to(dt.dtype), dt, A, B, C, D, self.negative_eigenvalues), (z, conv)
+
     def _selection(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(Δ, A, B, C)`` from the conv output ``u`` ``(B, T, d_inner)``, in the state dtype: the step sizes
         ``Δ_t = softplus(dt_proj(W_Δ u_t))`` ``(B, T, d_inner)``, ``A = -exp(A_log)`` ``(d_inner, d_state)`` and
@@ -129,56 +141,9 @@ class Mamba(SequenceLayer):
         dt = F.softplus(self.dt_proj(dt).to(dtype))
         return dt, -torch.exp(self.A_log.to(dtype)), B.to(dtype), C.to(dtype)
 
-    def _discretize(self, u: Tensor, v: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(a_t, b_t, C_t)`` of ``h_t = a_t ⊙ h_{t-1} + b_t`` from the conv output ``u`` ``(B, T, d_inner)``.
-
-        ``a_t = exp(Δ_t A)`` (or ``2 exp(Δ_t A) - 1``) and ``b_t = Δ_t v_t B_t`` with
-        ``v = u`` (``v = 1`` gives the operator's input weight ``Δ_t B_t``), both
-        ``(B, T, d_inner, d_state)``; ``C_t`` is ``(B, T, d_state)``. All in the state dtype.
-        The forward pass never builds these (:func:`~rnnzoo.ops.selective_scan` fuses them into the scan);
-        the operator view and the eigenvalues do.
-        """
-        dt, A, B, C = self._selection(u)
-        a = selective_transition(dt, A, self.negative_eigenvalues)
-        v = u if v is None else v
-        return a, (dt * v.to(dt.dtype)).unsqueeze(-1) * B.unsqueeze(-2), C
-
-    def _branches(self, x: Tensor, conv_state: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """``(u, z, conv state)``: the SSM input ``u = SiLU(CausalConv1d(x))`` and the gate branch ``z``."""
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u, conv = self.conv(u, conv_state)
-        return F.silu(u), z, conv
-
-    def _ssm(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
-        """``(y, h_last)`` with ``y_t = C_t · h_t + D ⊙ u_t``, in the state dtype: the chunked selective scan
-        (``"scan"``), or its loop (``"recurrent"``) discretising one step at a time."""
-        dt, A, B, C = self._selection(u)
-        scan = selective_scan if mode == "scan" else selective_scan_reference
-        D = self.D.to(dt.dtype)
-        return scan(u.to(dt.dtype), dt, A, B, C, D, h0, negative_eigenvalues=self.negative_eigenvalues)
-
-    def _forward(self, x: Tensor, state: MambaState | None, mode: str) -> tuple[Tensor, MambaState]:
-        u, z, conv = self._branches(x, None if state is None else state.conv)
-        y, h_last = self._ssm(u, None if state is None else state.ssm, mode)
+    def read_output(self, x: Tensor, y: Tensor, h_last: Tensor, carry: tuple[Tensor, Tensor]) -> tuple[Tensor, MambaState]:
+        z, conv = carry
         return self.out_proj(y.to(x.dtype) * F.silu(z)), MambaState(conv, h_last)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, d, t, s] = Σ_n C_{t,n} (Π_{r=s+1..t} a_{r,d,n}) Δ_{s,d} B_{s,n} + D_d δ_ts``, one group per
-        inner channel ``(batch, d_inner, T, T)``; memory ``O(batch · T² · d_inner · d_state)``."""
-        u = self._branches(x)[0]
-        a, w, C = self._discretize(u, torch.ones_like(u))
-        M = torch.einsum("btsdn,btn->bdts", linear_scan_operator(a) * w.unsqueeze(1), C)
-        return M + torch.diag_embed(self.D.to(M.dtype).unsqueeze(-1).expand(-1, x.shape[1]))
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``a_t = exp(Δ_t A)`` (or ``2 exp(Δ_t A) - 1``), ``(batch, T, d_inner, d_state)``."""
-        return self._discretize(self._branches(x)[0])[0]
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``V = u_t`` (the conv output), ``Y = C_t · h_t + D ⊙ u_t`` (before the SiLU(z) gate),
-        ``(batch, d_inner, T, 1)``."""
-        u = self._branches(x)[0]
-        return channel_groups(u.to(state_dtype(u.dtype)), self._ssm(u, None, "scan")[0])
 
     def extra_repr(self) -> str:
         return (

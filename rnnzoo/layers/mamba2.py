@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .base import (
-    RecurrentState, SequenceLayer, decay_eigenvalues, dt_bias_init, matrix_recurrence, state_dtype, widen_log_decay,
-)  # fmt: skip
+from .base import EngineLayer, RecurrentState, state_dtype
+from .common import dt_bias_init, widen_log_decay
 from .conv import CausalConv1d
+from .engines import MatrixEngine, MatrixInputs
 
 __all__ = ["Mamba2", "Mamba2State"]
 
@@ -32,6 +31,7 @@ class Mamba2State(RecurrentState):
     """``conv``: the last ``d_conv - 1`` conv inputs ``(batch, d_inner + 2 ngroups d_state, d_conv - 1)``;
     ``ssm``: the SSM state ``S`` ``(batch, num_heads, d_state, headdim)``."""
 
+    engine_fields = ("ssm",)
     conv: Tensor
     ssm: Tensor
 
@@ -44,7 +44,7 @@ class Mamba2State(RecurrentState):
     "Structured State Space Duality",
     negative_eigenvalues=True,
 )
-class Mamba2(SequenceLayer):
+class Mamba2(EngineLayer):
     """The Mamba-2 block, as in the reference ``mamba2_simple.py``::
 
         z, xBC, dt = in_proj(input)                      # [z, x, B, C, dt]
@@ -73,7 +73,7 @@ class Mamba2(SequenceLayer):
     head, mixing ``v = Δ x`` (the paper's SSD matrix is ``M diag(Δ)``, acting on ``x``).
     """
 
-    parallel_modes = ("chunk",)
+    engine = MatrixEngine()
 
     def __init__(
         self,
@@ -134,48 +134,29 @@ class Mamba2(SequenceLayer):
         ssm = torch.zeros(shape, device=kw["device"], dtype=state_dtype(kw["dtype"]))
         return Mamba2State(self.conv.init_state(batch_size, **kw), ssm)
 
-    def _engine_inputs(self, x: Tensor, conv_state: Tensor | None = None):
-        """Engine-3 inputs for ``x`` ``(B, T, d_model)``, all in the state dtype.
-
-        Returns ``(q, k, v, log_alpha, alpha_sign, x_heads, z, conv_state)``: ``q = C``,
-        ``k = B`` ``(B, H, T, d_state)``; ``v = Δ x`` and ``x_heads`` ``(B, H, T, headdim)``;
-        ``log_alpha = Δ A`` ``(B, H, T)`` (widened, with its sign, for negative
-        eigenvalues; else ``alpha_sign`` is ``None``); ``z`` the gate branch; the new conv state.
-        """
+    def engine_inputs(self, x: Tensor, state: Mamba2State | None = None) -> tuple[MatrixInputs, tuple]:
+        """SSD as engine 3, in the state dtype: ``q = C``, ``k = B`` ``(B, H, T, d_state)``, ``v = Δ x``
+        ``(B, H, T, headdim)``, ``log α = Δ A`` ``(B, H, T)`` (widened, with its sign, for negative eigenvalues).
+        Carries ``x`` per head (for the ``D`` skip), the gate branch ``z`` and the new conv state."""
         dtype = state_dtype(x.dtype)
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv.channels, self.num_heads], dim=-1)
-        xBC, conv_state = self.conv(xBC, conv_state)
+        xBC, conv_state = self.conv(xBC, None if state is None else state.conv)
         n = self.ngroups * self.d_state
         u, B, C = F.silu(xBC).to(dtype).split([self.d_inner, n, n], dim=-1)
         dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype)).transpose(1, 2)  # (B, H, T)
         log_alpha = dt * -torch.exp(self.A_log.to(dtype))[:, None]
         u = u.unflatten(-1, (self.num_heads, self.headdim)).transpose(1, 2)
-        groups = lambda t: t.unflatten(-1, (self.ngroups, self.d_state)).transpose(1, 2)  # noqa: E731
+        groups = lambda t: t.unflatten(-1, (self.ngroups, self.d_state)).transpose(1, 2)
         q, k = (groups(t).repeat_interleave(self.num_heads // self.ngroups, 1) for t in (C, B))  # consecutive heads
         sign = None
         if self.negative_eigenvalues:
             log_alpha, sign = widen_log_decay(log_alpha)
-        return q, k, dt[..., None] * u, log_alpha, sign, u, z, conv_state
+        return MatrixInputs(q, k, dt[..., None] * u, log_alpha, sign), (u, z, conv_state)
 
-    def _forward(self, x: Tensor, state: Mamba2State | None, mode: str) -> tuple[Tensor, Mamba2State]:
-        q, k, v, log_alpha, sign, u, z, conv = self._engine_inputs(x, None if state is None else state.conv)
-        o, S = matrix_recurrence(q, k, v, log_alpha, None if state is None else state.ssm, mode, alpha_sign=sign)
+    def read_output(self, x: Tensor, o: Tensor, S: Tensor, carry: tuple) -> tuple[Tensor, Mamba2State]:
+        u, z, conv = carry
         y = (o + self.D[:, None, None] * u).transpose(1, 2).flatten(2).to(x.dtype)
         return self.out_proj(self.norm(y * F.silu(z))), Mamba2State(conv, S)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M`` ``(batch, num_heads, T, T)``: ``M[t, s] = C_t · B_s Π_{r=s+1..t} α_r`` (SSD's matrix without Δ)."""
-        q, k, _, log_alpha, sign, *_ = self._engine_inputs(x)
-        return gla_operator(q, k, log_alpha, alpha_sign=sign)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``α_t = exp(Δ_t A_h)`` (or ``2 α_t - 1``) per head, ``(batch, T, num_heads)``."""
-        return decay_eigenvalues(*self._engine_inputs(x)[3:5])
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(Δ x, SSD output before the D skip)``, both ``(batch, num_heads, T, headdim)``."""
-        q, k, v, log_alpha, sign, *_ = self._engine_inputs(x)
-        return v, matrix_recurrence(q, k, v, log_alpha, None, self.parallel_modes[0], alpha_sign=sign)[0]
 
     def extra_repr(self) -> str:
         return (

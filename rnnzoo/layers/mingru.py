@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import register
-from .base import DiagonalState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, state_dtype
+from .base import DiagonalState, EngineLayer, state_dtype
+from .engines import DiagonalEngine, DiagonalInputs
 
 __all__ = ["MinGRU", "MinLSTM"]
 
 
-class _MinRNN(SequenceLayer):
+class _MinRNN(EngineLayer):
     """Shared shell: one input projection to (gates, candidate), the scan, an optional output projection.
 
     With ``expand != 1`` the hidden size is ``round(expand * d_model)`` and
@@ -26,7 +27,7 @@ class _MinRNN(SequenceLayer):
     ``2 a_t - 1 ∈ (-1, 1)`` (Grazzi et al. 2024), which lets it count mod 2.
     """
 
-    parallel_modes = ("scan",)
+    engine = DiagonalEngine()
     renamed_arguments = {"expansion": "expand"}
     n_gates: int  # projections besides the candidate
 
@@ -47,38 +48,15 @@ class _MinRNN(SequenceLayer):
         """(a_t, weight of the candidate) from the gate pre-activations."""
         raise NotImplementedError
 
-    def _gates(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(a_t, w_t, v_t)`` of ``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t``: transition, candidate weight, candidate."""
+    def engine_inputs(self, x: Tensor, state: DiagonalState | None = None) -> tuple[DiagonalInputs, None]:
+        """``h_t = a_t ⊙ h_{t-1} + w_t ⊙ v_t``: ``a_t`` the transition (``1 - z_t`` or ``f'_t``, or ``2 a_t - 1``),
+        ``w_t`` the candidate's weight (``z_t`` or ``i'_t``), ``v_t = h~_t`` the candidate."""
         *gates, candidate = self.in_proj(x).split(self.d_hidden, dim=-1)
         a, weight = self._transition(*gates)
-        return (2 * a - 1 if self.negative_eigenvalues else a), weight, candidate
+        return DiagonalInputs(2 * a - 1 if self.negative_eigenvalues else a, candidate, weight), None
 
-    def _mix(self, x: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor, Tensor]:
-        """``(v, h, h_last)``: the candidates and the states of the recurrence."""
-        a, w, v = self._gates(x)
-        h, h_last = diagonal_recurrence(a, w * v, h0, mode)
-        return v, h, h_last
-
-    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
-        _, h, h_last = self._mix(x, None if state is None else state.h, mode)
+    def read_output(self, x: Tensor, h: Tensor, h_last: Tensor, carry: None) -> tuple[Tensor, DiagonalState]:
         return self.out_proj(h), DiagonalState(h_last)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, c, t, s] = w_{s,c} Π_{r=s+1..t} a_{r,c}``, one group per hidden channel ``(batch, d_hidden, T, T)``.
-
-        ``w_t = z_t`` (minGRU) or ``i'_t`` (minLSTM), ``a_t`` the transition (``1 - z_t`` or ``f'_t``).
-        """
-        a, w, _ = self._gates(x)
-        return diagonal_operator(a, w)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``a_t`` ``(batch, T, d_hidden)``: ``1 - z_t`` (minGRU) or ``f'_t`` (minLSTM), or ``2 a_t - 1``."""
-        return self._gates(x)[0]
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``V = h~_t`` (the candidate), ``Y = h_t`` (the state, before ``out_proj``), ``(batch, d_hidden, T, 1)``."""
-        v, h, _ = self._mix(x, None, "scan")
-        return channel_groups(v, h)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, d_hidden={self.d_hidden}, negative_eigenvalues={self.negative_eigenvalues}"

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.mlstm import mlstm_chunkwise, mlstm_operator, mlstm_reference
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, decay_eigenvalues, state_dtype
+from .base import EngineLayer, RecurrentState, state_dtype
 from .conv import CausalConv1d
+from .engines import MLSTMEngine, MLSTMInputs
 
 __all__ = ["MLSTM", "MLSTMState"]
 
@@ -29,6 +29,7 @@ class MLSTMState(RecurrentState):
     """``conv`` ``(batch, d_inner, d_conv - 1)``; the stabilised cell: ``C`` ``(batch, heads, d_head, d_head)``,
     ``n`` ``(batch, heads, d_head)``, ``m`` ``(batch, heads)`` (``C = C̃ e^m`` is the true memory)."""
 
+    engine_fields = ("C", "n", "m")
     conv: Tensor
     C: Tensor
     n: Tensor
@@ -60,7 +61,7 @@ class _HeadwiseLinear(nn.Module):
     engine="gated_linear_attention",
     paper="Beck et al. 2024, xLSTM: Extended Long Short-Term Memory",
 )
-class MLSTM(SequenceLayer):
+class MLSTM(EngineLayer):
     """The mLSTM block (xLSTM, Fig. 10), per head with ``d_head = d_inner / num_heads``::
 
         x, z     = up_proj(input)                        # d_model -> 2 d_inner
@@ -80,7 +81,7 @@ class MLSTM(SequenceLayer):
     (before the group norm); groups are heads.
     """
 
-    parallel_modes = ("chunk",)
+    engine = MLSTMEngine()
 
     def __init__(
         self,
@@ -126,16 +127,17 @@ class MLSTM(SequenceLayer):
             torch.zeros(*heads, **zeros),
         )
 
-    def _cell_inputs(self, x: Tensor, conv_state: Tensor | None):
-        """``(q, k, v, log_f, log_i)`` per head in the state dtype, plus ``u``, ``z`` and the new conv buffer."""
+    def engine_inputs(self, x: Tensor, state: MLSTMState | None = None) -> tuple[MLSTMInputs, tuple]:
+        """``q, k, v`` per head and the gates ``log_f = log σ(f̃)``, ``log_i = ĩ`` in the state dtype; carries the
+        conv output ``u`` (the learnable skip), the gate branch ``z`` and the new conv buffer."""
         x_in, z = self.up_proj(x).chunk(2, dim=-1)
-        u, conv = self.conv(x_in, conv_state)
+        u, conv = self.conv(x_in, None if state is None else state.conv)
         u = F.silu(u)
         q, k, v, gates = self._projections(u, x_in)
         log_i, f = gates.transpose(1, 2).chunk(2, dim=1)  # (B, H, T) each
         dtype = state_dtype(x.dtype)
-        heads = lambda t: t.unflatten(-1, (self.num_heads, self.d_head)).transpose(1, 2).to(dtype)  # noqa: E731
-        return heads(q), heads(k), heads(v), F.logsigmoid(f.to(dtype)), log_i.to(dtype), u, z, conv
+        heads = lambda t: t.unflatten(-1, (self.num_heads, self.d_head)).transpose(1, 2).to(dtype)
+        return MLSTMInputs(heads(q), heads(k), heads(v), F.logsigmoid(f.to(dtype)), log_i.to(dtype)), (u, z, conv)
 
     def _projections(self, u: Tensor, x_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``q = W_q u``, ``k = W_k u / sqrt(d_head)``, ``v = W_v x_in`` and the gate pre-activations
@@ -155,28 +157,10 @@ class MLSTM(SequenceLayer):
         h = F.layer_norm(h.unflatten(-1, (self.num_heads, self.d_head)), (self.d_head,), eps=self.norm.eps)
         return torch.addcmul(self.norm.bias.to(h.dtype), h.flatten(-2), self.norm.weight.to(h.dtype))
 
-    def _forward(self, x: Tensor, state: MLSTMState | None, mode: str) -> tuple[Tensor, MLSTMState]:
-        q, k, v, log_f, log_i, u, z, conv = self._cell_inputs(x, None if state is None else state.conv)
-        cell = mlstm_chunkwise if mode == "chunk" else mlstm_reference
-        h, (C, n, m) = cell(q, k, v, log_f, log_i, None if state is None else (state.C, state.n, state.m))
-        h = h.transpose(1, 2).flatten(-2).to(x.dtype)  # (B, T, d_inner)
-        h = self._group_norm(h)  # per token and head: no statistics across time
-        return self.down_proj((h + self.skip * u) * F.silu(z)), MLSTMState(conv, C, n, m)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``(batch, heads, T, T)``: the normalised, gated attention the cell applies to ``v``."""
-        q, k, _, log_f, log_i, *_ = self._cell_inputs(x, None)
-        return mlstm_operator(q, k, log_f, log_i)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """The forget gate ``f_t = σ(f̃_t)`` per head, ``(batch, T, heads)`` (the transition of the true memory
-        ``C = C̃ e^m``; the stabiliser only rescales the stored ``C̃``)."""
-        return decay_eigenvalues(self._cell_inputs(x, None)[3])
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, h)`` per head ``(batch, heads, T, d_head)``: the cell's values and its output (chunk form)."""
-        q, k, v, log_f, log_i, *_ = self._cell_inputs(x, None)
-        return v, mlstm_chunkwise(q, k, v, log_f, log_i)[0]
+    def read_output(self, x: Tensor, h: Tensor, final: tuple, carry: tuple) -> tuple[Tensor, MLSTMState]:
+        u, z, conv = carry
+        h = self._group_norm(h.transpose(1, 2).flatten(-2).to(x.dtype))  # per token and head: no statistics across time
+        return self.down_proj((h + self.skip * u) * F.silu(z)), MLSTMState(conv, *final)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_heads={self.num_heads}, d_inner={self.d_inner}, d_conv={self.d_conv}"

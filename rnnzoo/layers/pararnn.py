@@ -29,7 +29,7 @@ from .._checks import check_int
 from ..ops.newton import DEFAULT_MAX_ITERS, SEQUENTIAL_BELOW, Cell, NewtonInfo, nonlinear_recurrence
 from ..registry import register
 from .base import DiagonalState, RecurrentState, SequenceLayer, state_dtype
-from .linear_attention import head_size
+from .common import head_size
 
 __all__ = ["ParaGRU", "ParaLSTM", "ParaLSTMState", "para_gru_cell", "para_gru_vjp", "para_lstm_cell", "para_lstm_vjp"]
 

@@ -10,25 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops.gated_linear_attention import gla_operator
 from ..registry import register
-from .attention import ROTARY_BASE, rotate_pairs
-from .base import RecurrentState, SequenceLayer, decay_eigenvalues, matrix_recurrence, state_dtype
-from .linear_attention import head_size, merge_heads, split_heads
+from .base import EngineLayer, RecurrentState, state_dtype
+from .common import ROTARY_BASE, head_size, norm_gate, rotate_pairs, split_heads
+from .engines import MatrixEngine, MatrixInputs
 
 __all__ = ["RetNet", "RetNetState"]
-
-
-def norm_gate(o: Tensor, g: Tensor, norm: nn.RMSNorm) -> Tensor:
-    """``RMSNorm(o) ⊙ swish(g)`` per head: ``o`` ``(batch, heads, time, d_v)`` (normalised in its own
-    dtype, the state dtype), ``g`` ``(batch, time, heads·d_v)``; returns ``g``'s layout and dtype."""
-    weight = None if norm.weight is None else norm.weight.to(o.dtype)
-    o = F.rms_norm(o, norm.normalized_shape, weight, norm.eps)
-    return merge_heads(o, g.dtype) * F.silu(g)
 
 
 @dataclass
@@ -36,6 +26,7 @@ class RetNetState(RecurrentState):
     """``S``: the retention state ``(batch, heads, d_k, d_v)``; ``position``: tokens seen so far
     ``(batch,)``, an integer (int64) count, which the rotary embedding of the next token needs."""
 
+    engine_fields = ("S",)
     S: Tensor
     position: Tensor
 
@@ -46,7 +37,7 @@ class RetNetState(RecurrentState):
     engine="gated_linear_attention",
     paper="Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language Models",
 )
-class RetNet(SequenceLayer):
+class RetNet(EngineLayer):
     """Multi-scale retention (RetNet's token mixer), for head ``h = 0 .. H-1`` at position ``n``::
 
         q_n = R_n W_q x_n,   k_n = R_n W_k x_n / sqrt(d_k),   v_n = W_v x_n
@@ -76,7 +67,7 @@ class RetNet(SequenceLayer):
     ``position`` ``(batch,)``).
     """
 
-    parallel_modes = ("chunk",)
+    engine = MatrixEngine()
 
     def __init__(
         self, d_model: int, num_heads: int = 4, expand_v: float = 2.0, norm_eps: float = 1e-6, mode: str = "auto"
@@ -113,36 +104,20 @@ class RetNet(SequenceLayer):
         theta = ROTARY_BASE ** -torch.linspace(0, 1, self.head_k // 2, dtype=u.dtype, device=u.device)
         return rotate_pairs(u, (steps[..., None] * theta)[:, None])  # angles (batch, 1, time, d_k / 2)
 
-    def _qkv_decay(self, x: Tensor, position: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(q, k, v, log γ)`` in the engine's layout and the state dtype, rotated from ``position``
-        (0 if ``None``); ``log γ`` ``(batch, heads, time)`` is an expanded view of the ``num_heads`` decays."""
+    def engine_inputs(self, x: Tensor, state: RetNetState | None = None) -> tuple[MatrixInputs, Tensor]:
+        """``(q, k, v, log γ)`` in the engine's layout and the state dtype, rotated from the state's position
+        (0 without a state), which it carries; ``log γ`` ``(batch, heads, time)`` is an expanded view of the
+        ``num_heads`` decays."""
+        position = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if state is None else state.position
         dtype = state_dtype(x.dtype)
         q, k, v = (split_heads(proj(x), self.num_heads, dtype) for proj in (self.q_proj, self.k_proj, self.v_proj))
         q, k = self._rotate(q, position), self._rotate(k, position) * self.head_k**-0.5
         heads = torch.arange(self.num_heads, dtype=dtype, device=x.device)
         log_gamma = torch.log1p(-torch.exp2(-5 - heads))
-        return q, k, v, log_gamma[:, None].expand(x.shape[0], -1, x.shape[1])
+        return MatrixInputs(q, k, v, log_gamma[:, None].expand(x.shape[0], -1, x.shape[1])), position
 
-    def _forward(self, x: Tensor, state: RetNetState | None, mode: str) -> tuple[Tensor, RetNetState]:
-        position = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if state is None else state.position
-        o, S = matrix_recurrence(*self._qkv_decay(x, position), None if state is None else state.S, mode)
-        y = self.out_proj(norm_gate(o, self.g_proj(x), self.norm))
-        return y, RetNetState(S, position + x.shape[1])
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, h, t, s] = (R_t q_t)·(R_s k_s) γ_h^{t-s}`` for ``s <= t``, from position 0.
-        Groups are the heads."""
-        q, k, _, log_gamma = self._qkv_decay(x, None)
-        return gla_operator(q, k, log_gamma)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``γ_h`` per head at every token, ``(batch, T, heads)``."""
-        return decay_eigenvalues(self._qkv_decay(x, None)[3])
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(v, o)`` per head, before the norm and the gate (from position 0)."""
-        q, k, v, log_gamma = self._qkv_decay(x, None)
-        return v, matrix_recurrence(q, k, v, log_gamma, None, self.parallel_modes[0])[0]
+    def read_output(self, x: Tensor, o: Tensor, S: Tensor, position: Tensor) -> tuple[Tensor, RetNetState]:
+        return self.out_proj(norm_gate(o, self.g_proj(x), self.norm)), RetNetState(S, position + x.shape[1])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_heads={self.num_heads}, head_k={self.head_k}, head_v={self.head_v}"

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 from ..registry import register
-from .base import RecurrentState, SequenceLayer, channel_groups, diagonal_operator, diagonal_recurrence, state_dtype
+from .base import EngineLayer, RecurrentState, state_dtype
 from .conv import CausalConv1d
+from .engines import DiagonalEngine, DiagonalInputs
 
 __all__ = ["Hawk", "HawkState"]
 
@@ -50,6 +51,7 @@ class HawkState(RecurrentState):
     """``conv``: the last ``d_conv - 1`` conv inputs ``(batch, d_rnn, d_conv - 1)``;
     ``h``: the RG-LRU state ``(batch, d_rnn)``."""
 
+    engine_fields = ("h",)
     conv: Tensor
     h: Tensor
 
@@ -61,7 +63,7 @@ class HawkState(RecurrentState):
     paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention for Efficient Language Models",
     negative_eigenvalues=True,
 )
-class Hawk(SequenceLayer):
+class Hawk(EngineLayer):
     """Griffin's recurrent block (the temporal-mixing layer of Hawk)::
 
         g   = GeLU(gate_proj(x))                     # branch 1, d_model -> d_rnn
@@ -101,7 +103,7 @@ class Hawk(SequenceLayer):
     State: :class:`HawkState` (``conv`` ``(batch, d_rnn, d_conv - 1)``, ``h`` ``(batch, d_rnn)``).
     """
 
-    parallel_modes = ("scan",)
+    engine = DiagonalEngine()
     c = 8.0
 
     def __init__(
@@ -157,34 +159,16 @@ class Hawk(SequenceLayer):
             one_minus_a2 = -torch.expm1(2 * log_a)
         return a, _SqrtBoundedGrad.apply(one_minus_a2) * i
 
-    def _conv_input(self, x: Tensor) -> Tensor:
-        """The RG-LRU's input ``u = CausalConv1d(in_proj(x))`` from a zero conv state."""
-        return self.conv(self.in_proj(x))[0]
-
-    def _rg_lru(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
-        """The RG-LRU over the conv output ``u``: ``(h, h_last)``."""
-        a, w = self._transition(u)
-        return diagonal_recurrence(a, w * u.to(w.dtype), h0, mode)
-
-    def _forward(self, x: Tensor, state: HawkState | None, mode: str) -> tuple[Tensor, HawkState]:
-        g = F.gelu(self.gate_proj(x), approximate="tanh")
+    def engine_inputs(self, x: Tensor, state: HawkState | None = None) -> tuple[DiagonalInputs, tuple[Tensor, Tensor]]:
+        """The RG-LRU over the conv output ``u = CausalConv1d(in_proj(x))``: ``a_t``, ``w_t`` as :meth:`_transition`,
+        ``v_t = u_t``; carries the GeLU gate and the new conv state."""
         u, conv = self.conv(self.in_proj(x), None if state is None else state.conv)
-        h, h_last = self._rg_lru(u, None if state is None else state.h, mode)
-        return self.out_proj(h.to(x.dtype) * g), HawkState(conv, h_last)
+        a, w = self._transition(u)
+        return DiagonalInputs(a, u.to(w.dtype), w), (F.gelu(self.gate_proj(x), approximate="tanh"), conv)
 
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, c, t, s] = w_{s,c} Π_{r=s+1..t} a_{r,c}``, one group per RG-LRU channel ``(batch, d_rnn, T, T)``."""
-        return diagonal_operator(*self._transition(self._conv_input(x)))
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``a_t = a^{c r_t}`` (or ``2 a_t - 1``), ``(batch, T, d_rnn)``."""
-        return self._transition(self._conv_input(x))[0]
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``V = u_t`` (the conv output), ``Y = h_t`` (the RG-LRU output, before the GeLU gate),
-        ``(batch, d_rnn, T, 1)``."""
-        u = self._conv_input(x)
-        return channel_groups(u.to(state_dtype(u.dtype)), self._rg_lru(u, None, "scan")[0])
+    def read_output(self, x: Tensor, h: Tensor, h_last: Tensor, carry: tuple[Tensor, Tensor]) -> tuple[Tensor, HawkState]:
+        gate, conv = carry
+        return self.out_proj(h.to(x.dtype) * gate), HawkState(conv, h_last)
 
     def extra_repr(self) -> str:
         return (

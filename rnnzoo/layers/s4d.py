@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int
-from ..ops import linear_scan_operator
 from ..registry import register
-from .base import DiagonalState, SequenceLayer, channel_groups, diagonal_recurrence, state_dtype
+from .base import DiagonalState, EngineLayer, state_dtype
+from .engines import DiagonalSSMEngine, DiagonalSSMInputs
 
 __all__ = ["S4D"]
 
@@ -31,7 +31,7 @@ __all__ = ["S4D"]
     paper="Gu et al. 2022, On the Parameterization and Initialization of Diagonal State Space Models",
     negative_eigenvalues=False,
 )
-class S4D(SequenceLayer):
+class S4D(EngineLayer):
     """S4D, per channel (``d_model`` of them) and complex mode ``n`` (``d_state / 2``, conjugates implied):
 
     ``A = -exp(log_A_real) + i·A_imag``, ``Δ = exp(log_dt)``, ``Ā = exp(ΔA)``, ``B̄ = (Ā - 1)/A · B``,
@@ -58,7 +58,7 @@ class S4D(SequenceLayer):
     State: ``DiagonalState(h)`` with ``h`` complex, ``(batch, d_model, d_state // 2)``.
     """
 
-    parallel_modes = ("conv", "scan")
+    engine = DiagonalSSMEngine()
 
     def __init__(
         self, d_model: int, d_state: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, mode: str = "auto"
@@ -92,54 +92,14 @@ class S4D(SequenceLayer):
         A_bar = torch.exp(dtA)
         return dtA, A_bar, (A_bar - 1) / A, torch.complex(self.C_re.to(real), self.C_im.to(real))
 
-    def _ssm(self, u: Tensor, h0: Tensor | None, mode: str) -> tuple[Tensor, Tensor]:
-        """``(z, h_last)``, ``z_t = 2·Re(Σ_n C_n h_{t,n}) + D ⊙ u_t``, from ``u`` (``x`` in the state dtype)."""
-        if mode == "conv":
-            z, h_last = self._conv(u, h0)
-        else:
-            _, A_bar, B_bar, C = self.discretize()
-            h, h_last = diagonal_recurrence(A_bar, B_bar * u[..., None], h0, mode)  # h: (B, T, H, N/2)
-            z = 2 * torch.einsum("bthn,hn->bth", h, C).real
-        return z + self.D.to(u.dtype) * u, h_last
-
-    def _forward(self, x: Tensor, state: DiagonalState | None, mode: str) -> tuple[Tensor, DiagonalState]:
-        z, h_last = self._ssm(x.to(state_dtype(x.dtype)), None if state is None else state.h, mode)
-        return F.glu(self.out_proj(F.gelu(z.to(x.dtype))), dim=-1), DiagonalState(h_last)
-
-    def _materialize(self, x: Tensor) -> Tensor:
-        """``M[b, c, t, s] = 2·Re(Σ_n C_{c,n} Ā_{c,n}^{t-s} B̄_{c,n}) + D_c δ_ts`` (the convolution kernel as a
-        Toeplitz matrix), real, one group per channel ``(batch, d_model, T, T)``; the same for every input."""
-        _, A_bar, B_bar, C = self.discretize()
-        L = linear_scan_operator(A_bar, (1, x.shape[1], *A_bar.shape))  # (1, T, T, H, N/2)
-        M = 2 * torch.einsum("btshn,hn->bhts", L, C * B_bar).real
-        M = M + torch.diag_embed(self.D.to(M.dtype).unsqueeze(-1).expand(-1, x.shape[1]))
-        return M.expand(x.shape[0], -1, -1, -1)
-
-    def _transition_eigenvalues(self, x: Tensor) -> Tensor:
-        """``Ā = exp(ΔA)`` (complex, ``|Ā| < 1``; conjugates implied) at every token,
-        ``(batch, T, d_model, d_state // 2)``."""
-        return self.discretize()[1].expand(*x.shape[:2], -1, -1)
-
-    def _mixer_io(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``V = x_t``, ``Y = z_t`` (the SSM output with the skip term, before the GELU), ``(batch, d_model, T, 1)``."""
-        u = x.to(state_dtype(x.dtype))
-        return channel_groups(u, self._ssm(u, None, "conv")[0])
-
-    def _conv(self, u: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Convolution form: the SSM outputs ``(B, T, H)`` and the final state, from ``u`` ``(B, T, H)``."""
+    def engine_inputs(self, x: Tensor, state: DiagonalState | None = None) -> tuple[DiagonalSSMInputs, None]:
+        """The SSM of every channel on ``u = x`` in the state dtype; the engine's output is ``z``."""
         dtA, _, B_bar, C = self.discretize()
-        T = u.shape[1]
-        powers = torch.exp(dtA[..., None] * torch.arange(T + 1, device=u.device, dtype=u.dtype))  # Ā^k, (H, N/2, T+1)
-        kernel = 2 * torch.einsum("hn,hnk->hk", C * B_bar, powers[..., :T]).real  # (H, T)
-        u_t = u.transpose(1, 2)  # (B, H, T)
-        z = torch.fft.irfft(torch.fft.rfft(u_t, n=2 * T) * torch.fft.rfft(kernel, n=2 * T), n=2 * T)[..., :T]
-        # final state: Σ_k Ā^{T-1-k} B̄ x_k, a Vandermonde matmul over time per channel
-        h_last = B_bar * torch.einsum("bhk,hnk->bhn", u_t.to(powers.dtype), powers[..., :T].flip(-1))
-        if h0 is not None:
-            h0 = h0.to(powers.dtype)
-            z = z + 2 * torch.einsum("bhn,hnk->bhk", h0 * C, powers[..., 1:]).real
-            h_last = h_last + powers[..., T] * h0
-        return z.transpose(1, 2), h_last
+        u = x.to(state_dtype(x.dtype))
+        return DiagonalSSMInputs(u, dtA, B_bar, C, self.D.to(u.dtype)), None
+
+    def read_output(self, x: Tensor, z: Tensor, h_last: Tensor, carry: None) -> tuple[Tensor, DiagonalState]:
+        return F.glu(self.out_proj(F.gelu(z.to(x.dtype))), dim=-1), DiagonalState(h_last)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, d_state={self.d_state}, dt_min={self.dt_min}, dt_max={self.dt_max}"

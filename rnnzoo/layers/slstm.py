@@ -17,7 +17,7 @@ from .._checks import check_int
 from ..ops.slstm import FORGET_GATES, slstm, slstm_initial_state, slstm_reference
 from ..registry import register
 from .base import RecurrentState, SequenceLayer, state_dtype
-from .linear_attention import head_size
+from .common import head_size
 
 __all__ = ["SLSTM", "SLSTMState"]
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
+from .dtypes import compute_dtype
 from .linear_scan import Transitions, scan_adjoint, scan_states
 
 __all__ = [
@@ -73,11 +74,7 @@ def _check_inputs(A: Tensor, b: Tensor, h0: Tensor | None) -> tuple[Tensor, Tens
             f"block_linear_scan: `h0` must have shape (batch, k, *channels) = {(batch, k, *channels)}, "
             f"got {tuple(h0.shape)}"
         )
-    dtype = torch.promote_types(A.dtype, b.dtype)
-    if h0 is not None:
-        dtype = torch.promote_types(dtype, h0.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
+    dtype = compute_dtype(A.dtype, b.dtype, *(() if h0 is None else (h0.dtype,)))
     return A.to(dtype), b.to(dtype), (None if h0 is None else h0.to(dtype))
 
 

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from .._checks import check_heads, check_int
 from .decay import log_ratios, running_sum
-from .gated_linear_attention import MIN_LOG_DECAY, _output_dtype, least_padding_chunk
+from .dtypes import compute_dtype, output_dtype
+from .gated_linear_attention import MIN_LOG_DECAY, least_padding_chunk
 
 __all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference"]
 
@@ -54,8 +55,8 @@ def _check(q, k, v, beta, log_alpha, h0, where: str):
         raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays α <= 1)")
     if h0 is not None and h0.shape != (batch, heads, d_k, d_v):
         raise ValueError(f"{where}: `h0` must have shape {(batch, heads, d_k, d_v)}, got {tuple(h0.shape)}")
-    dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    dtype = compute_dtype(q.dtype)
+    cast = lambda t: None if t is None else t.to(dtype)
     log_alpha = None if log_alpha is None else cast(log_alpha).clamp(min=MIN_LOG_DECAY)
     return cast(q), cast(k), cast(v), cast(beta), log_alpha, cast(h0)
 
@@ -88,7 +89,7 @@ def delta_rule_reference(
         error = v_t - torch.einsum("bhkv,bhk->bhv", S, k_t)
         S = S + b_t[..., None, None] * k_t[..., :, None] * error[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))
-    return torch.stack(outs, 2).to(_output_dtype(out_dtype)), S
+    return torch.stack(outs, 2).to(output_dtype(out_dtype, S.dtype)), S
 
 
 def _decays(log_alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -221,7 +222,7 @@ class _ChunkwiseDeltaRule(torch.autograd.Function):
         inverse = _unit_lower_inverse((k_ @ k_.mT).mul_(ratio).mul_(beta_))  # T = (I + A)^{-1}
         scores = (q_ @ k_.mT).mul_(ratio)  # P
         u, w = inverse @ (_flat(v) * beta_), inverse @ (k_ * (beta_ * gamma))  # [U, W] = T R
-        per_head = lambda t: t.view(n, n_chunks, *t.shape[-2:])  # noqa: E731  (B·H, N, ·, ·)
+        per_head = lambda t: t.view(n, n_chunks, *t.shape[-2:])
         h0_ = None if h0 is None else h0.reshape(n, d_k, d_v)
         x, states = _chunk_pass(per_head(u), per_head(w), per_head(k_ * to_end), per_head(gamma[:, -1:]), h0_)
         x, starts = x.transpose(0, 1).reshape(-1, chunk, d_v), states[:-1].transpose(0, 1).reshape(-1, d_k, d_v)
@@ -240,7 +241,7 @@ class _ChunkwiseDeltaRule(torch.autograd.Function):
         gamma, to_end, ratio = _decays(log_alpha)
         gamma, to_end, ratio, beta = _column(gamma), _column(to_end), _flat(ratio), _column(beta)
         q, k, v, d_out = _flat(q), _flat(k), _flat(v), _flat(grad_out)
-        per_head = lambda t: t.view(n, n_chunks, *t.shape[-2:])  # noqa: E731
+        per_head = lambda t: t.view(n, n_chunks, *t.shape[-2:])
         dx, d_ends_by_chunk, grad_h0 = _chunk_pass_backward(
             per_head((q @ k.mT).mul_(ratio).mT @ d_out),  # P^T dO
             per_head((q * gamma).mT @ d_out),
@@ -363,4 +364,4 @@ def delta_rule(
     q, k, v, beta, log_alpha, h0 = _check(q, k, v, beta, log_alpha, h0, where)
     chunk = chunk_size or default_chunk_size(q.shape[2], q.shape[-1], v.shape[-1])
     out, last = _chunkwise(q, k, v, beta, log_alpha, h0, chunk)
-    return out.to(_output_dtype(out_dtype)), last
+    return out.to(output_dtype(out_dtype, out.dtype)), last

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from .decay import log_ratios, running_sum
+from .dtypes import output_dtype
 from .linear_scan import linear_scan, scan_adjoint, scan_states
 
 __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
@@ -74,7 +75,7 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
         if highest > 0:
             raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays |α| <= 1)")
     dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    cast = lambda t: None if t is None else t.to(dtype)
     if alpha_sign is not None:
         negative = alpha_sign if alpha_sign.dtype == torch.bool else alpha_sign < 0
         alpha_sign = torch.where(negative, -1.0, 1.0).to(dtype)
@@ -83,10 +84,6 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
         if lowest < MIN_LOG_DECAY:
             log_alpha = log_alpha.clamp(min=MIN_LOG_DECAY)
     return cast(q), cast(k), cast(v), log_alpha, alpha_sign, cast(h0)
-
-
-def _output_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
 
 
 # ----------------------------------------------------------------------------
@@ -132,7 +129,7 @@ def gated_linear_attention_reference(
             S = a_t[..., None] * S
         S = S + k_t[..., :, None] * v_t[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))
-    return torch.stack(outs, 2).to(_output_dtype(out_dtype)), S
+    return torch.stack(outs, 2).to(output_dtype(out_dtype, S.dtype)), S
 
 
 # ----------------------------------------------------------------------------
@@ -161,14 +158,15 @@ def _sub_block_size(g: Tensor) -> int:
     return size
 
 
-def _causal(size: int, device) -> Tensor:
+def causal_mask(size: int, device) -> Tensor:
+    """``(size, size)`` bool, True on and below the diagonal."""
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
 def _intra_scalar(q, k, log_decay, sign):
     """Within-chunk attention ``A[t, s] = (q_t · k_s) α_{s+1..t}`` for a scalar decay, from its
     :func:`~rnnzoo.ops.decay.log_ratios` ``(B, H, N, C, C)`` (``None``: α = 1)."""
-    causal = _causal(q.shape[-2], q.device)
+    causal = causal_mask(q.shape[-2], q.device)
     scores = q @ k.transpose(-1, -2)
     if log_decay is None:
         return scores.masked_fill(~causal, 0.0)
@@ -207,10 +205,10 @@ def _intra_per_key(q, k, g, sign):
     """Within-chunk attention ``(B, H, N, C, C)`` for a per-key decay ``g`` ``(B, H, N, C, d_k)``."""
     q_t, k_t, _ = _rebased_per_key(q, k, g, sign)
     scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2)
-    return scores.masked_fill(~_causal(q.shape[-2], q.device), 0.0)
+    return scores.masked_fill(~causal_mask(q.shape[-2], q.device), 0.0)
 
 
-def _chunk_states(decay: Tensor | None, updates: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+def chunk_states(decay: Tensor | None, updates: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
     """Chunk-start states from ``S_j = decay_j ⊙ S_{j-1} + U_j`` (engine 2's scan over chunks).
 
     ``updates`` ``(B, H, N, d_k, d_v)``, ``decay`` broadcastable to it or ``None`` (1).
@@ -238,11 +236,11 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
             widths = (0, 0, 0, pad) if per_key else (0, pad)
             log_alpha = F.pad(log_alpha, widths)
             alpha_sign = None if alpha_sign is None else F.pad(alpha_sign, widths, value=1.0)
-    chunked = lambda t: None if t is None else t.unflatten(2, (n_chunks, chunk))  # noqa: E731
+    chunked = lambda t: None if t is None else t.unflatten(2, (n_chunks, chunk))
     q, k, v, log_alpha, alpha_sign = map(chunked, (q, k, v, log_alpha, alpha_sign))
 
     if log_alpha is None:  # α = 1: plain causal linear attention inside, a running sum across
-        starts, last = _chunk_states(None, k.transpose(-1, -2) @ v, h0)
+        starts, last = chunk_states(None, k.transpose(-1, -2) @ v, h0)
         out = _intra_scalar(q, k, None, None) @ v
         if h0 is not None or n_chunks > 1:
             out = out + q @ starts
@@ -257,7 +255,7 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
             q_factor, k_factor = q_factor * sign, k_factor * sign * sign[..., -1:]
             chunk_decay = chunk_decay * sign[..., -1:]
         updates = (k * k_factor[..., None]).transpose(-1, -2) @ v
-        starts, last = _chunk_states(chunk_decay[..., None], updates, h0)
+        starts, last = chunk_states(chunk_decay[..., None], updates, h0)
         out = _intra_scalar(q, k, log_ratios(log_alpha), sign) @ v
         if h0 is not None or n_chunks > 1:
             out = out + (q * q_factor[..., None]) @ starts
@@ -281,9 +279,9 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
         to_end = to_end * sign[..., -1, :]
         chunk_decay = chunk_decay * sign[..., -1, :]
     updates = to_end[..., None] * (k_t[..., -1, :, :].transpose(-1, -2) @ v)
-    starts, last = _chunk_states(chunk_decay[..., None], updates, h0)  # (B, H, N, d_k, d_v)
+    starts, last = chunk_states(chunk_decay[..., None], updates, h0)  # (B, H, N, d_k, d_v)
     into_block = torch.exp(ref).to(q.dtype).transpose(-1, -2) * starts.unsqueeze(-3)  # (B, H, N, n, d_k, d_v)
-    scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2).masked_fill(~_causal(chunk, q.device), 0.0)
+    scores = (q_t @ k_t.transpose(-1, -2)).flatten(-3, -2).masked_fill(~causal_mask(chunk, q.device), 0.0)
     out = (q_t @ into_block).flatten(-3, -2) + scores @ v
     return out.flatten(2, 3)[:, :, :length], last
 
@@ -545,7 +543,7 @@ def gated_linear_attention(
     if per_key and chunk_size is None:
         chunk = _fitting_chunk(log_alpha, chunk)
     out, last = _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk)
-    return out.to(_output_dtype(out_dtype)), last
+    return out.to(output_dtype(out_dtype, out.dtype)), last
 
 
 def gla_operator(
@@ -560,7 +558,7 @@ def gla_operator(
     """
     dummy_v = q[..., :1]
     q, k, _, log_alpha, alpha_sign, _ = _check(q, k, dummy_v, log_alpha, alpha_sign, None, "gla_operator")
-    one_chunk = lambda t: None if t is None else t.unsqueeze(2)  # noqa: E731  the whole sequence as one chunk
+    one_chunk = lambda t: None if t is None else t.unsqueeze(2)
     q, k, log_alpha, alpha_sign = map(one_chunk, (q, k, log_alpha, alpha_sign))
     if log_alpha is None:
         return _intra_scalar(q, k, None, None).squeeze(2)

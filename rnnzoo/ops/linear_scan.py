@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
+from .dtypes import compute_dtype, output_dtype
 
 __all__ = [
     "DIAGONAL", "Transitions", "default_chunk_size", "linear_scan", "linear_scan_operator", "linear_scan_reference",
@@ -81,13 +82,7 @@ def _check_inputs(a: Tensor, b: Tensor, h0: Tensor | None) -> tuple[Tensor, Tens
     state_shape = (b.shape[0], *b.shape[2:])
     if h0 is not None and tuple(h0.shape) != state_shape:
         raise ValueError(f"linear_scan: `h0` must have shape (batch, *state) = {state_shape}, got {tuple(h0.shape)}")
-    dtype = torch.promote_types(a.dtype, b.dtype)
-    if h0 is not None:
-        dtype = torch.promote_types(dtype, h0.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
-    elif dtype == torch.complex32:
-        dtype = torch.complex64
+    dtype = compute_dtype(a.dtype, b.dtype, *(() if h0 is None else (h0.dtype,)))
     return a.to(dtype), b.to(dtype), (None if h0 is None else h0.to(dtype))
 
 
@@ -114,14 +109,7 @@ def linear_scan_reference(a: Tensor, b: Tensor, h0: Tensor | None = None) -> tup
         h = torch.addcmul(b_t, a_t, h)
         hs.append(h)
     out = torch.stack(hs, dim=1)
-    return out.to(_result_dtype(out_dtype, out.dtype)), h
-
-
-def _result_dtype(in_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
-    """Outputs come back in the input's precision (the final state stays in compute precision)."""
-    if in_dtype in (torch.float16, torch.bfloat16) and not compute_dtype.is_complex:
-        return in_dtype
-    return compute_dtype
+    return out.to(output_dtype(out_dtype, out.dtype)), h
 
 
 # ----------------------------------------------------------------------------
@@ -324,7 +312,7 @@ def linear_scan(
     out_dtype = b.dtype
     a, b, h0 = _check_inputs(a, b, h0)
     h, h_last = _LinearScan.apply(a, b, h0, chunk_size)
-    return h.to(_result_dtype(out_dtype, h.dtype)), h_last
+    return h.to(output_dtype(out_dtype, h.dtype)), h_last
 
 
 # ----------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from .._checks import check_heads, check_int
 from .decay import log_ratios
-from .gated_linear_attention import _causal, _chunk_states, _output_dtype, default_chunk_size
+from .dtypes import output_dtype
+from .gated_linear_attention import causal_mask, chunk_states, default_chunk_size
 
 __all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
 
@@ -48,7 +49,7 @@ def _check(q, k, v, log_f, log_i, state, where: str):
             got = [tuple(s.shape) for s in state]
             raise ValueError(f"{where}: `state` must be (C {want[0]}, n {want[1]}, m {want[2]}), got {got}")
     dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
-    cast = lambda t: t.to(dtype)  # noqa: E731
+    cast = lambda t: t.to(dtype)
     state = None if state is None else tuple(map(cast, state))
     return cast(q), cast(k), cast(v), cast(log_f), cast(log_i), state
 
@@ -84,7 +85,7 @@ def mlstm_reference(
         num = torch.einsum("bhk,bhkv->bhv", q_t, C)
         den = (n * q_t).sum(-1).abs().maximum(torch.exp(-m))
         outs.append(num / den[..., None])
-    return torch.stack(outs, 2).to(_output_dtype(out_dtype)), (C, n, m)
+    return torch.stack(outs, 2).to(output_dtype(out_dtype, C.dtype)), (C, n, m)
 
 
 def mlstm_chunkwise(
@@ -124,7 +125,7 @@ def mlstm_chunkwise(
     # The log-space bookkeeping (running sums, stabilisers, exponents) runs in float64: every exponent is a
     # difference of running sums, whose float32 rounding grows with the decay (~1e-3 after a reset of -1e4).
     log_f, log_i, m0 = log_f.to(torch.float64), log_i.to(torch.float64), m0.to(torch.float64)
-    exp = lambda t: torch.exp(t).to(dtype)  # noqa: E731
+    exp = lambda t: torch.exp(t).to(dtype)
 
     g = log_f.cumsum(-1)  # (B, H, N, C)
     g_last = g[..., -1]
@@ -140,7 +141,7 @@ def mlstm_chunkwise(
     # each chunk's start stabiliser: a constant but for the first, the incoming m, which scales the incoming
     # state (C = C̃ e^m) and so carries its gradient; b (the row stabiliser m_t = g_t + b_t) stays constant
     M_prev = torch.cat([m0[..., None], M_end[..., :-1]], -1)
-    causal = _causal(chunk, q.device)
+    causal = causal_mask(chunk, q.device)
     # the C×C exponents: differences taken in float64, then exponentiated in the compute dtype
     weights = torch.exp((a[..., None, :] - b[..., :, None]).to(dtype).masked_fill_(~causal, float("-inf")))
     intra = (q @ k.transpose(-1, -2)) * weights
@@ -148,12 +149,12 @@ def mlstm_chunkwise(
     decay = exp(M_prev + g_last - M_end)
     updates = (k * exp(a + (g_last - M_end)[..., None])[..., None]).transpose(-1, -2) @ v
     S0 = torch.cat([C0, n0[..., None]], -1)
-    starts, last = _chunk_states(decay[..., None, None], updates, S0)
+    starts, last = chunk_states(decay[..., None, None], updates, S0)
     out = exp(M_prev[..., None] - b)[..., None] * (q @ starts) + intra @ v  # (B, H, N, C, d_v + 1)
     m = g + b  # b is a constant; m keeps its dependence on g (through the floor e^{-m})
     h = out[..., :d_v] / out[..., d_v:].abs().maximum(exp(-m)[..., None])
     h = h.flatten(2, 3)[:, :, :length]
-    return h.to(_output_dtype(out_dtype)), (last[..., :d_v], last[..., d_v], M_end[..., -1].to(dtype))
+    return h.to(output_dtype(out_dtype, h.dtype)), (last[..., :d_v], last[..., d_v], M_end[..., -1].to(dtype))
 
 
 def mlstm_operator(q: Tensor, k: Tensor, log_f: Tensor, log_i: Tensor) -> Tensor:
@@ -164,7 +165,7 @@ def mlstm_operator(q: Tensor, k: Tensor, log_f: Tensor, log_i: Tensor) -> Tensor
     exponential exceeds 1. Returns ``(batch, heads, T, T)``.
     """
     q, k, _, log_f, log_i, _ = _check(q, k, q[..., :1], log_f, log_i, None, "mlstm_operator")
-    causal = _causal(q.shape[2], q.device)
+    causal = causal_mask(q.shape[2], q.device)
     log_w = (log_i[..., None, :] + log_ratios(log_f)).masked_fill(~causal, float("-inf"))
     m = log_w.amax(-1, keepdim=True).detach()
     scores = (q @ k.transpose(-1, -2)) * torch.exp(log_w - m)

@@ -69,6 +69,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from .block_scan import BLOCKS
+from .dtypes import compute_dtype
 from .linear_scan import DIAGONAL, Transitions, scan_adjoint, scan_states
 
 __all__ = [
@@ -163,11 +164,7 @@ def _check_inputs(
         raise ValueError(f"{where}: the time dimension (dim 1) of `xs` is empty; need at least one step")
     if h0.dim() < 2 or h0.shape[0] != batch_time[0]:
         raise ValueError(f"{where}: `h0` must have shape (batch={batch_time[0]}, *state), got {tuple(h0.shape)}")
-    dtype = h0.dtype
-    for t in (*xs, *params):
-        dtype = torch.promote_types(dtype, t.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
+    dtype = compute_dtype(h0.dtype, *(t.dtype for t in (*xs, *params)))
     return [x.to(dtype) for x in xs], h0.to(dtype), [p.to(dtype) for p in params]
 
 

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
+from .dtypes import compute_dtype, output_dtype
 
 __all__ = ["default_selective_chunk", "selective_scan", "selective_scan_reference", "selective_transition"]
 
@@ -88,18 +89,8 @@ def _check_inputs(
     for name, (shape, t) in expected.items():
         if t is not None and tuple(t.shape) != tuple(shape):
             raise ValueError(f"selective_scan: `{name}` must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    dtype = u.dtype
-    for t in (delta, A, B, C, D, h0):
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    if dtype in (torch.float16, torch.bfloat16):
-        dtype = torch.float32
+    dtype = compute_dtype(*(t.dtype for t in (u, delta, A, B, C, D, h0) if t is not None))
     return tuple(None if t is None else t.to(dtype) for t in (u, delta, A, B, C, D, h0))
-
-
-def _output_dtype(in_dtype: torch.dtype, compute_dtype: torch.dtype) -> torch.dtype:
-    """``y`` comes back in the input's precision (the final state stays in compute precision)."""
-    return in_dtype if in_dtype in (torch.float16, torch.bfloat16) else compute_dtype
 
 
 # ----------------------------------------------------------------------------
@@ -150,7 +141,7 @@ def selective_scan_reference(
     y = torch.stack(ys, dim=1)
     if D is not None:
         y = y + D * u
-    return y.to(_output_dtype(out_dtype, y.dtype)), h
+    return y.to(output_dtype(out_dtype, y.dtype)), h
 
 
 # ----------------------------------------------------------------------------
@@ -310,4 +301,4 @@ def selective_scan(
     u, delta, A, B, C, D, h0 = _check_inputs(u, delta, A, B, C, D, h0)
     chunk = chunk_size or default_selective_chunk(u.shape[0], u.shape[2], A.shape[1])
     y, h_last = _SelectiveScan.apply(u, delta, A, B, C, D, h0, negative_eigenvalues, chunk)
-    return y.to(_output_dtype(out_dtype, y.dtype)), h_last
+    return y.to(output_dtype(out_dtype, y.dtype)), h_last

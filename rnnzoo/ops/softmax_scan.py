@@ -44,9 +44,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .dtypes import compute_dtype
 from .linear_scan import linear_scan
 
-__all__ = ["SoftmaxScanState", "softmax_combine", "softmax_scan", "softmax_scan_reference", "softmax_scan_operator"]
+__all__ = ["SoftmaxScanState", "softmax_combine", "softmax_scan", "softmax_scan_operator", "softmax_scan_reference"]
 
 SoftmaxScanState = tuple[Tensor, Tensor, Tensor]  # (m, u, w)
 
@@ -65,8 +66,7 @@ def _check_inputs(
         raise ValueError(f"{where}: the time dimension (dim 1) of `s` is empty; need at least one step")
     if v.dim() != 4 or v.shape[:3] != s.shape:
         raise ValueError(f"{where}: `v` must have shape ({batch}, {length}, {heads}, d_v), got {tuple(v.shape)}")
-    dtype = torch.promote_types(s.dtype, v.dtype)
-    dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    dtype = compute_dtype(s.dtype, v.dtype)
     if state is None:
         return s.to(dtype), v.to(dtype), None
     if not isinstance(state, tuple) or len(state) != 3 or not all(isinstance(t, Tensor) for t in state):
