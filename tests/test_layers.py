@@ -206,3 +206,31 @@ def test_bad_constructor_arguments(name):
     if name not in NEGATIVE:
         with pytest.raises(TypeError, match="negative_eigenvalues"):
             rnnzoo.create(name, d_model=8, negative_eigenvalues=True)
+
+
+# -- the configuration travels with the weights ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [m.name for m in rnnzoo.list_models() if m.negative_eigenvalues])
+def test_a_checkpoint_refuses_another_configuration(name, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    flagged = rnnzoo.create(name, d_model=8, negative_eigenvalues=True)
+    assert flagged.config["negative_eigenvalues"] is True and "mode" not in flagged.config
+    save_file(flagged.state_dict(), tmp_path / "layer.safetensors")
+    saved = load_file(tmp_path / "layer.safetensors")
+    with pytest.raises(ValueError, match=r"negative_eigenvalues=True \(this layer: False\)"):
+        rnnzoo.create(name, d_model=8).load_state_dict(saved)
+    same = rnnzoo.create(name, d_model=8, negative_eigenvalues=True, mode="recurrent")  # the mode is not function
+    same.load_state_dict(saved)
+    assert all(torch.equal(a, b) for a, b in zip(same.state_dict().values(), flagged.state_dict().values()))
+
+
+def test_a_checkpoint_refuses_another_layer_and_old_checkpoints_load():
+    hgrn, hgrn2 = rnnzoo.create("hgrn", d_model=8), rnnzoo.create("hgrn2", d_model=8)
+    with pytest.raises(ValueError, match="the checkpoint holds a HGRN layer, not a HGRN2"):
+        hgrn2.load_state_dict(hgrn.state_dict(), strict=False)
+    old = {k: v for k, v in hgrn.state_dict().items() if not k.endswith("_extra_state")}  # saved before configs
+    rnnzoo.create("hgrn", d_model=8).load_state_dict(old)
+    with pytest.raises(ValueError, match=r"lower_bound=.*this layer"):
+        rnnzoo.create("hgrn", d_model=8, lower_bound=0.5).load_state_dict(hgrn.state_dict())

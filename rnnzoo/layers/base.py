@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import json
 import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -83,6 +85,23 @@ def first_nonfinite_step(x: Tensor) -> int | None:
     return int((~finite.flatten(2).all(-1).all(0)).nonzero()[0, 0])
 
 
+FORM_ARGUMENTS = ("mode",)  # constructor arguments that choose an algorithm, not the function
+
+
+def _config(init, layer: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """The constructor's arguments that define the layer's function, defaults included, as JSON values."""
+    bound = inspect.signature(init).bind(layer, *args, **kwargs)
+    bound.apply_defaults()
+    config = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        if name in FORM_ARGUMENTS:
+            continue
+        if isinstance(value, Tensor):
+            value = value.tolist()
+        config[name] = value
+    return json.loads(json.dumps(config, default=str))  # as it will read back (tuples as lists)
+
+
 def _with_factory_keywords(init):
     """A layer's ``init`` taking PyTorch's ``device=`` and ``dtype=`` factory keywords (the finished layer is
     moved and cast, once, by the outermost constructor), ``chunk_size=`` where its engine has a chunked form,
@@ -104,6 +123,8 @@ def _with_factory_keywords(init):
                 kwargs[new] = kwargs.pop(old)
         init(self, *args, **kwargs)
         outermost = type(self).__init__ is __init__  # not a parent's constructor called through super()
+        if outermost:
+            self.config = _config(init, self, args, kwargs)
         if outermost and chunk_size is not None:
             self.chunk_size = check_int(type(self).__name__, "chunk_size", chunk_size)
         if outermost and (device is not None or dtype is not None):
@@ -251,6 +272,36 @@ class SequenceLayer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, mode={self.mode!r}"
+
+    # -- the configuration, stored with the weights ------------------------------------
+
+    def get_extra_state(self) -> Tensor:
+        """The layer's class and :attr:`config` (every constructor argument that defines its function, e.g.
+        ``negative_eigenvalues``), as UTF-8 JSON in a uint8 tensor, so ``state_dict`` carries it through
+        ``torch.save`` and safetensors alike."""
+        record = {"layer": type(self).__name__, "config": self.config}
+        return torch.frombuffer(bytearray(json.dumps(record, sort_keys=True).encode()), dtype=torch.uint8)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        """Refuse a checkpoint saved from another layer class or configuration, naming what differs."""
+        saved = json.loads(bytes(state.to(torch.uint8).tolist()).decode())
+        where = type(self).__name__
+        if saved.get("layer") != where:
+            raise ValueError(f"{where}: the checkpoint holds a {saved.get('layer')} layer, not a {where}")
+        ours, theirs = self.config, saved.get("config", {})
+        differ = [
+            f"{name}={theirs.get(name, '(none)')!r} (this layer: {ours.get(name, '(none)')!r})"
+            for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)
+        ]  # fmt: skip
+        if differ:
+            raise ValueError(f"{where}: the checkpoint was saved with another configuration: {', '.join(differ)}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
+        """A checkpoint without the configuration (saved before it was stored) loads unchecked."""
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+        key = prefix + "_extra_state"
+        if key not in state_dict and key in missing_keys:
+            missing_keys.remove(key)
 
     # -- helpers for subclasses ---------------------------------------------------
 
