@@ -70,7 +70,7 @@ def _train_step(args: argparse.Namespace) -> int:
         args.error("--train-step times whole training steps; drop --quick/--step/--mode/--forward-only")
     _check_output_file(args, "--json", Path(args.json))
     registered = {m.name for m in list_models()}
-    names = args.model or [n for n in suites.TIER1 if n in registered]
+    names = args.model or list(suites.tier_models(1))
     unknown = [n for n in names if n not in registered]
     if unknown:
         args.error(f"--train-step needs registered models; unknown: {', '.join(unknown)} (see `rnnzoo list`)")

@@ -25,19 +25,26 @@ class ModelInfo:
     engine: str  # the ops/ engine computing its recurrence
     paper: str  # short citation
     negative_eigenvalues: bool  # whether it takes `negative_eigenvalues=True`
+    tier: int = 1  # MODELS.md's tier: 1 the first target, 2 what follows
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 L = TypeVar("L", bound=type)
 
 
-def register(name: str, *, family: str, engine: str, paper: str, negative_eigenvalues: bool = False) -> Callable[[L], L]:
-    """Class decorator adding a layer to the registry under ``name``."""
+def register(
+    name: str, *, family: str, paper: str, engine: str | None = None, negative_eigenvalues: bool = False, tier: int = 1
+) -> Callable[[L], L]:
+    """Class decorator adding a layer to the registry under ``name``. ``engine`` is the name of the layer's
+    engine adapter (``cls.engine.name``) for a layer on one, and must be given for a layer without one."""
 
     def add(cls: L) -> L:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is already registered to {_REGISTRY[name].cls.__name__}")
-        _REGISTRY[name] = ModelInfo(name, cls, family, engine, paper, negative_eigenvalues)
+        adapter = getattr(getattr(cls, "engine", None), "name", None)
+        if (adapter is None) == (engine is None):
+            raise ValueError(f"register({name!r}): give `engine` exactly when the class has no engine adapter")
+        _REGISTRY[name] = ModelInfo(name, cls, family, engine or adapter, paper, negative_eigenvalues, tier)
         return cls
 
     return add

@@ -229,7 +229,7 @@ def test_builtin_suites_skip_unregistered_models(monkeypatch):
     assert "no_such_layer" in quick.notes[0] and all(m.name != "no_such_layer" for m in quick.models)
     assert [t.name for t in quick.tasks] == ["parity"]
     full = suites.full_suite()
-    assert {m.name for m in full.models} <= set(suites.TIER1) and "mingru" in {m.name for m in full.models}
+    assert {m.name for m in full.models} <= set(suites.tier_models(1)) and "mingru" in {m.name for m in full.models}
     assert len(full.runs()) == len(full.tasks) * len(full.models)
 
 

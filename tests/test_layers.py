@@ -234,3 +234,26 @@ def test_a_checkpoint_refuses_another_layer_and_old_checkpoints_load():
     rnnzoo.create("hgrn", d_model=8).load_state_dict(old)
     with pytest.raises(ValueError, match=r"lower_bound=.*this layer"):
         rnnzoo.create("hgrn", d_model=8, lower_bound=0.5).load_state_dict(hgrn.state_dict())
+
+
+# -- one name per concept -------------------------------------------------------------------------
+
+OTHER_NAMES = {"expansion", "conv_size", "kernel_size", "n_heads", "nheads", "heads", "eps", "layer_norm_eps", "chunk"}
+
+
+@pytest.mark.parametrize("name", [m.name for m in rnnzoo.list_models()])
+def test_constructors_use_the_agreed_names(name):
+    import inspect
+
+    parameters = set(inspect.signature(rnnzoo.model_info(name).cls).parameters)
+    assert not parameters & OTHER_NAMES, f"{name}: {sorted(parameters & OTHER_NAMES)}"
+
+
+@pytest.mark.parametrize("name", [m.name for m in rnnzoo.list_models()])
+def test_every_norm_takes_norm_eps(name):
+    norms = (torch.nn.RMSNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)
+    layer = rnnzoo.create(name, d_model=8)
+    if not any(isinstance(m, norms) for m in layer.modules()):
+        return
+    layer = rnnzoo.create(name, d_model=8, norm_eps=0.125)
+    assert all(m.eps == 0.125 for m in layer.modules() if isinstance(m, norms)), name

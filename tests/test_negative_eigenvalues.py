@@ -10,10 +10,13 @@ import torch
 
 import rnnzoo
 from rnnzoo.layers import SequenceLayer
+from rnnzoo.layers.engines import Engine
 
 D_MODEL = 8
-LINEAR_ENGINES = ("linear_scan", "gated_linear_attention", "delta_rule")  # a linear transition A_t per token
-MODELS = [m for m in rnnzoo.list_models() if m.engine in LINEAR_ENGINES]
+MODELS = [  # a linear transition A_t per token: an engine adapter that reports its eigenvalues
+    m for m in rnnzoo.list_models()
+    if isinstance(getattr(m.cls, "engine", None), Engine) and type(m.cls.engine).eigenvalues is not Engine.eigenvalues
+]
 FLAGGED = [m.name for m in MODELS if m.negative_eigenvalues]
 REAL_GATED = {"mingru", "minlstm", "hgrn", "hawk", "mamba", "gla", "hgrn2", "mamba2"} | {
     m.name for m in MODELS if m.engine == "delta_rule"

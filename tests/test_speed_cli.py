@@ -150,7 +150,7 @@ def test_bad_arguments_exit_2_listing_valid_names(tmp_path, capsys, args, names)
 def test_quick_suite_covers_bars_and_every_layer():
     specs = speed.quick_specs()
     assert len(specs) == len(set(specs))
-    gla_layers = [m.name for m in list_models() if m.engine in (speed.GLA, "softmax_scan")]
+    gla_layers = [m.name for m in list_models() if m.engine in speed.CONSTANT_STATE_ENGINES]
     assert "gla" in gla_layers and "aaren" in gla_layers
     known = set(speed.target_names())
     for bar in speed.BARS:

@@ -72,6 +72,7 @@ __all__ = [
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 ENGINE = "linear_scan"
 GLA = "gated_linear_attention"  # engine 3
+CONSTANT_STATE_ENGINES = (GLA, "mlstm", "softmax_scan")  # a state of fixed size whatever the context
 DELTA = "delta_rule"  # engine 4
 HEAD_ENGINES = (GLA, DELTA)  # engines timed on (B, H, T, d / H) heads
 GLA_HEADS = 4  # these engines' (B, T, d) workload runs H = 4 heads of d_k = d_v = d / 4
@@ -316,7 +317,7 @@ def quick_specs() -> list[Spec]:
             add(make_specs([bar.vs_target], bar.vs_shape or bar.shape))
     add(make_specs([m.name for m in list_models()], QUICK_LAYER_SHAPE))
     add([Spec(BASELINE_OF[s.target], BASELINE_MODE, *s.config) for s in specs if s.target in BASELINE_OF])
-    constant_state = [m.name for m in list_models() if m.engine in (GLA, "softmax_scan")]  # engine 3, Aaren
+    constant_state = [m.name for m in list_models() if m.engine in CONSTANT_STATE_ENGINES]
     add(s for name in constant_state for length in STEP_CONTEXTS for s in step_specs([name], (1, length, 64)))
     if "attention" in known:
         add(s for name in ("attention", "gla") for n in ATTENTION_STEP_CONTEXTS for s in step_specs([name], (1, n, 64)))

@@ -54,18 +54,22 @@ from ..tasks import list_tasks, make_task
 from .provenance import code_hash
 
 __all__ = [
-    "Budget", "ModelSpec", "RunConfig", "Suite", "SuiteError", "TaskSpec", "TrainSettings", "SUITES", "TIER1",
+    "Budget", "ModelSpec", "RunConfig", "Suite", "SuiteError", "TaskSpec", "TrainSettings", "SUITES", "tier_models",
     "full_suite", "load_suite", "quick_suite", "resolve_suite", "suite_from_dict",
 ]  # fmt: skip
 
-# MODELS.md's tier-1 models, as registry names; `full` runs those registered
-TIER1 = (
-    "elman", "lstm", "gru", "slstm", "paragru", "paralstm",  # engine 1
-    "mingru", "minlstm", "lru", "s4d", "mamba", "hgrn", "hawk",  # engine 2
-    "linear_attention", "retnet", "gla", "mamba2", "hgrn2", "mlstm",  # engine 3
-    "deltanet", "gated_deltanet", "deltaproduct",  # engine 4
-    "attention", "aaren",  # engine 5
+# the engines in the order of MODELS.md's tables (engine 1 to engine 5)
+ENGINE_ORDER = (
+    "nonlinear", "newton", "linear_scan", "ssm_convolution", "selective_scan", "gated_linear_attention", "mlstm",
+    "delta_rule", "attention", "softmax_scan",
 )  # fmt: skip
+
+
+def tier_models(tier: int = 1) -> tuple[str, ...]:
+    """The registered models of a tier (MODELS.md; ``register(..., tier=)``), grouped by engine as its tables."""
+    rank = {engine: i for i, engine in enumerate(ENGINE_ORDER)}
+    models = sorted((m for m in list_models() if m.tier == tier), key=lambda m: rank.get(m.engine, len(rank)))
+    return tuple(m.name for m in models)
 
 
 class SuiteError(ValueError):
@@ -296,7 +300,7 @@ def full_suite() -> Suite:
     ``FULL_STEPS`` training steps (or until solved), 64 evaluation sequences per length. The budget is in steps,
     so every model gets the same training whatever the machine's load; ``FULL_SAFETY_SECONDS`` only caps a run
     that is far slower than the rest (its result then says ``stopped: time``)."""
-    models, notes = _registered([ModelSpec(name) for name in TIER1])
+    models, notes = _registered([ModelSpec(name) for name in tier_models(1)])
     return Suite(
         name="full",
         tasks=tuple(TaskSpec(name) for name in list_tasks()),

@@ -35,7 +35,7 @@ class AarenState(RecurrentState):
     w: Tensor
 
 
-@register("aaren", family="attention RNN", engine="softmax_scan", paper="Feng et al. 2024, Attention as an RNN")
+@register("aaren", family="attention RNN", paper="Feng et al. 2024, Attention as an RNN")
 class Aaren(EngineLayer):
     """Aaren's token mixer, for head ``h`` with its learned query ``q_h`` ``(d_head)``::
 

@@ -102,7 +102,6 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
 @register(
     "attention",
     family="Transformer",
-    engine="attention",
     paper="Vaswani et al. 2017, Attention Is All You Need; Su et al. 2021, RoFormer (rotary positions)",
 )
 class Attention(EngineLayer):

@@ -158,7 +158,6 @@ class _DeltaRuleLayer(EngineLayer):
 @register(
     "deltanet",
     family="delta rule",
-    engine="delta_rule",
     paper="Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule over Sequence Length",
     negative_eigenvalues=True,
 )
@@ -209,7 +208,6 @@ class DeltaNet(_DeltaRuleLayer):
 @register(
     "gated_deltanet",
     family="delta rule",
-    engine="delta_rule",
     paper="Yang, Kautz & Hatamizadeh 2024, Gated Delta Networks: Improving Mamba2 with Delta Rule",
     negative_eigenvalues=True,
 )
@@ -250,7 +248,6 @@ class GatedDeltaNet(_DeltaRuleLayer):
 @register(
     "deltaproduct",
     family="delta rule",
-    engine="delta_rule",
     paper="Siems et al. 2025, DeltaProduct: Improving State-Tracking in Linear RNNs via Householder Products",
     negative_eigenvalues=True,
 )

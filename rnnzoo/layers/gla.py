@@ -23,7 +23,6 @@ __all__ = ["GLA"]
 @register(
     "gla",
     family="gated linear attention",
-    engine="gated_linear_attention",
     paper="Yang et al. 2024, Gated Linear Attention Transformers with Hardware-Efficient Training",
     negative_eigenvalues=True,
 )

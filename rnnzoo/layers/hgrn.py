@@ -21,7 +21,6 @@ __all__ = ["HGRN"]
 @register(
     "hgrn",
     family="gated linear RNN",
-    engine="linear_scan",
     paper="Qin et al. 2023, Hierarchically Gated Recurrent Neural Network for Sequence Modeling",
     negative_eigenvalues=True,
 )
@@ -55,6 +54,7 @@ class HGRN(EngineLayer):
         expand: float = 1.0,
         lower_bound: float | Tensor = 0.0,
         negative_eigenvalues: bool = False,
+        norm_eps: float = 1e-5,
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
@@ -64,7 +64,7 @@ class HGRN(EngineLayer):
         self.register_buffer("lower_bound", lower_bound_buffer("HGRN", lower_bound, self.d_hidden))
         self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, 3 * self.d_hidden, bias=False)  # c, f, g
-        self.norm = nn.RMSNorm(self.d_hidden, eps=1e-5)
+        self.norm = nn.RMSNorm(self.d_hidden, eps=norm_eps)
         self.out_proj = nn.Linear(self.d_hidden, d_model, bias=False)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> DiagonalState:

@@ -24,7 +24,6 @@ __all__ = ["HGRN2"]
 @register(
     "hgrn2",
     family="gated linear RNN",
-    engine="gated_linear_attention",
     paper="Qin et al. 2024, HGRN2: Gated Linear RNNs with State Expansion",
     negative_eigenvalues=True,
 )
@@ -65,6 +64,7 @@ class HGRN2(EngineLayer):
         expand_ratio: int = 128,
         lower_bound: float | Tensor = 0.0,
         negative_eigenvalues: bool = False,
+        norm_eps: float = 1e-5,
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
@@ -75,7 +75,7 @@ class HGRN2(EngineLayer):
         self.register_buffer("lower_bound", lower_bound_buffer("HGRN2", lower_bound, d_model))
         self.negative_eigenvalues = negative_eigenvalues
         self.in_proj = nn.Linear(d_model, 3 * d_model, bias=False)  # q, f, i
-        self.norm = nn.RMSNorm(d_model, eps=1e-5)
+        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> MatrixState:

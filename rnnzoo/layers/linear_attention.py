@@ -26,7 +26,6 @@ NORMALIZER_EPS = 1e-6  # added to the normaliser φ(q_t)·z_t, as in the referen
 @register(
     "linear_attention",
     family="linear attention",
-    engine="gated_linear_attention",
     paper="Katharopoulos et al. 2020, Transformers are RNNs: Fast Autoregressive Transformers with Linear Attention",
 )
 class LinearAttention(EngineLayer):

@@ -25,7 +25,6 @@ __all__ = ["LRU"]
 @register(
     "lru",
     family="linear RNN",
-    engine="linear_scan",
     paper="Orvieto et al. 2023, Resurrecting Recurrent Neural Networks for Long Sequences",
     negative_eigenvalues=False,
 )

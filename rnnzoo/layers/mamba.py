@@ -40,7 +40,6 @@ class MambaState(RecurrentState):
 @register(
     "mamba",
     family="state-space model",
-    engine="linear_scan",
     paper="Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
     negative_eigenvalues=True,
 )

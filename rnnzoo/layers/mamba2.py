@@ -39,7 +39,6 @@ class Mamba2State(RecurrentState):
 @register(
     "mamba2",
     family="state-space model",
-    engine="gated_linear_attention",
     paper="Dao & Gu 2024, Transformers are SSMs: Generalized Models and Efficient Algorithms Through "
     "Structured State Space Duality",
     negative_eigenvalues=True,
@@ -88,6 +87,7 @@ class Mamba2(EngineLayer):
         dt_min: float = 0.001,
         dt_max: float = 0.1,
         negative_eigenvalues: bool = False,
+        norm_eps: float = 1e-5,
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
@@ -125,7 +125,7 @@ class Mamba2(EngineLayer):
         self.dt_bias = nn.Parameter(dt_bias_init(self.num_heads, dt_min, dt_max))  # softplus(dt_bias) = Δ
         self.A_log = nn.Parameter(torch.empty(self.num_heads).uniform_(*A_init_range).log())
         self.D = nn.Parameter(torch.ones(self.num_heads))
-        self.norm = nn.RMSNorm(d_inner, eps=1e-5)
+        self.norm = nn.RMSNorm(d_inner, eps=norm_eps)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> Mamba2State:

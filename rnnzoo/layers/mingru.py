@@ -65,7 +65,6 @@ class _MinRNN(EngineLayer):
 @register(
     "mingru",
     family="minimal RNN",
-    engine="linear_scan",
     paper="Feng et al. 2024, Were RNNs All We Needed?",
     negative_eigenvalues=True,
 )
@@ -84,7 +83,6 @@ class MinGRU(_MinRNN):
 @register(
     "minlstm",
     family="minimal RNN",
-    engine="linear_scan",
     paper="Feng et al. 2024, Were RNNs All We Needed?",
     negative_eigenvalues=True,
 )

@@ -58,7 +58,6 @@ class _HeadwiseLinear(nn.Module):
 @register(
     "mlstm",
     family="xLSTM",
-    engine="gated_linear_attention",
     paper="Beck et al. 2024, xLSTM: Extended Long Short-Term Memory",
 )
 class MLSTM(EngineLayer):
@@ -90,6 +89,7 @@ class MLSTM(EngineLayer):
         expand: float = 2,
         d_conv: int = 4,
         qkv_block: int = 4,
+        norm_eps: float = 1e-5,
         mode: str = "auto",
     ) -> None:
         super().__init__(d_model, mode)
@@ -108,7 +108,7 @@ class MLSTM(EngineLayer):
         self.conv = CausalConv1d(self.d_inner, d_conv)
         self.q_proj, self.k_proj, self.v_proj = (_HeadwiseLinear(self.d_inner, qkv_block) for _ in range(3))
         self.gates = nn.Linear(3 * self.d_inner, 2 * num_heads)  # input gate ĩ, forget gate f̃
-        self.norm = nn.GroupNorm(num_heads, self.d_inner, affine=True)
+        self.norm = nn.GroupNorm(num_heads, self.d_inner, eps=norm_eps, affine=True)
         self.skip = nn.Parameter(torch.ones(self.d_inner))
         self.down_proj = nn.Linear(self.d_inner, d_model)
         with torch.no_grad():

@@ -34,7 +34,6 @@ class RetNetState(RecurrentState):
 @register(
     "retnet",
     family="linear attention",
-    engine="gated_linear_attention",
     paper="Sun et al. 2023, Retentive Network: A Successor to Transformer for Large Language Models",
 )
 class RetNet(EngineLayer):

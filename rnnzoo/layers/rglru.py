@@ -59,7 +59,6 @@ class HawkState(RecurrentState):
 @register(
     "hawk",
     family="gated linear RNN",
-    engine="linear_scan",
     paper="De et al. 2024, Griffin: Mixing Gated Linear Recurrences with Local Attention for Efficient Language Models",
     negative_eigenvalues=True,
 )

@@ -27,7 +27,6 @@ __all__ = ["S4D"]
 @register(
     "s4d",
     family="state-space model",
-    engine="linear_scan",
     paper="Gu et al. 2022, On the Parameterization and Initialization of Diagonal State Space Models",
     negative_eigenvalues=False,
 )
