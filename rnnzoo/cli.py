@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "time one training step (forward, loss, backward, AdamW) of a ~--params-parameter 2-block model around "
             "each --model (default: every tier-1 model) beside lstm's, at --batch 64 --length 40 unless given, one "
-            "thread, round-robin; bar: every model within 2x lstm"
+            "thread, round-robin; reports each model's ratio to lstm"
         ),
     )
     sp.add_argument("--params", type=_positive_int, default=30_000, help="--train-step model size (default 30000)")
@@ -496,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help=(
-            "preset suite in float32: the issue's bars (engine scan, reference loop and cumsum at (8, 4096, 256) "
+            "preset suite in float32: the README's headline comparisons (engine scan, reference loop and cumsum at (8, 4096, 256) "
             "and (1, 65536, 64); mingru and nn.GRU at (8, 512, 256); gated_linear_attention chunk and reference "
             "loop at (4, 2048, 256) and a 2048² matmul) and every registered layer at "
             f"{speed.QUICK_LAYER_SHAPE} in each mode, then the step of every layer on engine 3 after "

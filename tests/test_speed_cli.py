@@ -34,7 +34,7 @@ def test_custom_run_writes_records_with_ratios(tmp_path, capsys):
         assert (r["batch"], r["length"], r["d_model"], r["dtype"], r["threads"]) == (2, 80, 8, "float32", 1)
         assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 and 0 < r["fwd_min_ms"] <= r["fwd_ms"]
         assert r["fwd_repeats"] >= 1 and r["fwd_bwd_repeats"] >= 1
-        assert r["bar"] is None and r["bar_pass"] is None  # no bar at this shape
+        assert r["headline"] is None  # no headline at this shape
     expected_vs = {
         ("mingru", "recurrent"): ("mingru", "scan"),
         ("linear_scan", "scan"): ("cumsum", "torch"),
@@ -89,7 +89,7 @@ def test_step_rows_time_tokens_and_keep_state_bytes():
             assert r.state_bytes == r.state_bytes_after_steps == short.state_bytes > 0
         assert short.vs_target is None
         assert (long.vs_target, long.vs_mode, long.vs_shape) == (name, "step", (2, 16, 8))
-        assert long.ratio_fwd == pytest.approx(long.fwd_ms / short.fwd_ms) and long.bar is None
+        assert long.ratio_fwd == pytest.approx(long.fwd_ms / short.fwd_ms) and long.headline is None
 
 
 def test_time_fns_interleaves_functions():
@@ -147,15 +147,15 @@ def test_bad_arguments_exit_2_listing_valid_names(tmp_path, capsys, args, names)
     assert not (tmp_path / "x.json").exists()
 
 
-def test_quick_suite_covers_bars_and_every_layer():
+def test_quick_suite_covers_headlines_and_every_layer():
     specs = speed.quick_specs()
     assert len(specs) == len(set(specs))
     gla_layers = [m.name for m in list_models() if m.engine in speed.CONSTANT_STATE_ENGINES]
     assert "gla" in gla_layers and "aaren" in gla_layers
     known = set(speed.target_names())
-    for bar in speed.BARS:
+    for bar in speed.HEADLINES:
         if not {bar.target, bar.vs_target} <= known | {speed.ANY}:
-            continue  # a bar on a layer that is not registered
+            continue  # a headline on a layer that is not registered
         targets = gla_layers if bar.target == speed.ANY else [bar.target]
         for target in targets:
             vs_target = target if bar.vs_target == speed.ANY else bar.vs_target
@@ -166,8 +166,8 @@ def test_quick_suite_covers_bars_and_every_layer():
             compared = speed.comparison(row, specs)
             vs_shape = bar.vs_shape or bar.shape
             assert compared == speed.Spec(vs_target, bar.vs_mode, *vs_shape)
-    assert any(b.rate and b.shape == (4, 2048, 256) and b.vs_shape == (1, 2048, 2048) for b in speed.BARS)
-    assert any(b.mode == "step" and {b.shape[1], b.vs_shape[1]} == {1024, 65536} for b in speed.BARS)
+    assert any(b.rate and b.shape == (4, 2048, 256) and b.vs_shape == (1, 2048, 2048) for b in speed.HEADLINES)
+    assert any(b.mode == "step" and {b.shape[1], b.vs_shape[1]} == {1024, 65536} for b in speed.HEADLINES)
     for spec in specs:  # every layer with a PyTorch counterpart is timed beside it
         if spec.target in speed.BASELINE_OF and spec.mode != "recurrent":
             assert speed.comparison(spec, specs) == speed.Spec(speed.BASELINE_OF[spec.target], "torch", *spec.config)
@@ -187,49 +187,50 @@ def _record(target: str, mode: str, shape: tuple[int, int, int], fwd_bwd_ms: flo
     return speed.Record(target, mode, *shape, "float32", threads, "cpu", 1.0, 1.0, 1, fwd_bwd_ms, fwd_bwd_ms, 1)
 
 
-@pytest.mark.parametrize("scan_ms, passed", [(30.0, True), (50.0, False)])
-def test_bar_marks_pass_and_fail(scan_ms, passed):
+@pytest.mark.parametrize("scan_ms", [30.0, 50.0])
+def test_headline_ratio_of_times(scan_ms):
     shape = (8, 4096, 256)
     scan, _ = speed.compare([_record("linear_scan", "scan", shape, scan_ms), _record("cumsum", "torch", shape, 20.0)])
-    assert (scan.ratio_fwd_bwd, scan.bar, scan.bar_pass) == (pytest.approx(scan_ms / 20.0), "<= 2", passed)
+    assert (scan.ratio_fwd_bwd, scan.headline) == (pytest.approx(scan_ms / 20.0), "engine 2's scan vs torch.cumsum")
+    assert not hasattr(scan, "bar_pass")  # required values live in the documentation, not in the library
 
 
-@pytest.mark.parametrize("chunk_gflops, passed", [(50.0, True), (30.0, False)])
-def test_gla_rate_bar(chunk_gflops, passed):
+@pytest.mark.parametrize("chunk_gflops", [50.0, 30.0])
+def test_gla_rate_headline(chunk_gflops):
     chunk = dataclasses.replace(_record("gated_linear_attention", "chunk", (4, 2048, 256), 100.0), gflops=chunk_gflops)
     matmul = dataclasses.replace(_record("matmul", "torch", (1, 2048, 2048), None), gflops=100.0)
     chunk, _ = speed.compare([chunk, matmul])
-    assert (chunk.ratio_gflops, chunk.bar, chunk.bar_pass) == (pytest.approx(chunk_gflops / 100), ">= 0.4", passed)
+    assert chunk.ratio_gflops == pytest.approx(chunk_gflops / 100) and "FLOP rate" in chunk.headline
 
 
-@pytest.mark.parametrize(
-    "long_ms, long_bytes, passed", [(1.05, 4096, True), (0.95, 4096, True), (1.2, 4096, False), (1.0, 8192, False)]
-)
-def test_step_bar(long_ms, long_bytes, passed):
+@pytest.mark.parametrize("long_ms, long_bytes", [(1.05, 4096), (1.2, 4096), (1.0, 8192)])
+def test_step_headline(long_ms, long_bytes, capsys):
     def step(length: int, ms: float, after: int) -> speed.Record:
         record = _record("gla", "step", (1, length, 64), None)
         return dataclasses.replace(record, fwd_ms=ms, state_bytes=4096, state_bytes_after_steps=after)
 
-    _, long = speed.compare([step(1024, 1.0, 4096), step(65536, long_ms, long_bytes)])
-    assert (long.ratio_fwd, long.bar, long.bar_pass) == (pytest.approx(long_ms), "1 ± 0.1", passed)
+    records = speed.compare([step(1024, 1.0, 4096), step(65536, long_ms, long_bytes)])
+    assert records[1].ratio_fwd == pytest.approx(long_ms) and "64k tokens" in records[1].headline
+    line = speed._headline_line(records[1], {r.spec: r for r in records})
+    assert f"= {long_ms:.3f}" in line
+    assert ("4,096 bytes throughout" in line) == (long_bytes == 4096)
 
 
 @pytest.mark.parametrize(
     "shape, threads, fwd_bwd_ms", [((8, 4096, 128), 2, 30.0), ((8, 4096, 256), 1, 30.0), ((8, 4096, 256), 2, None)]
 )
-def test_bar_only_at_its_setting(shape, threads, fwd_bwd_ms):
+def test_headline_only_at_its_setting(shape, threads, fwd_bwd_ms):
     scan, _ = speed.compare(
         [_record("linear_scan", "scan", shape, fwd_bwd_ms, threads), _record("cumsum", "torch", shape, 20.0, threads)]
     )
-    assert scan.vs_target == "cumsum" and scan.bar is None and scan.bar_pass is None
+    assert scan.vs_target == "cumsum" and scan.headline is None
 
 
-@pytest.mark.parametrize("layer_ms, passed", [(105.0, True), (115.0, False)])
-def test_counterpart_bar(layer_ms, passed):
+def test_counterpart_headline():
     shape = (8, 512, 256)
-    lstm, torch_lstm = speed.compare([_record("lstm", "fused", shape, layer_ms), _record("nn.LSTM", "torch", shape, 100.0)])
-    assert (lstm.vs_target, lstm.ratio_fwd_bwd, lstm.bar, lstm.bar_pass) == (
-        "nn.LSTM", pytest.approx(layer_ms / 100), "<= 1.1", passed
+    lstm, torch_lstm = speed.compare([_record("lstm", "fused", shape, 105.0), _record("nn.LSTM", "torch", shape, 100.0)])
+    assert (lstm.vs_target, lstm.ratio_fwd_bwd, lstm.headline) == (
+        "nn.LSTM", pytest.approx(1.05), "the lstm layer vs bare nn.LSTM"
     )
     assert torch_lstm.vs_target is None  # a counterpart is not compared back with its layer
 
@@ -245,7 +246,7 @@ def test_train_step_times_each_model_beside_lstm(tmp_path, capsys):
     assert rows["mingru"]["ratio"] == pytest.approx(rows["mingru"]["cpu_ms"] / rows["lstm"]["cpu_ms"])
     assert all(abs(r["params"] / 3000 - 1) <= 0.03 and r["cpu_ms"] > 0 for r in rows.values())
     assert data["header"]["threads"] == 1 and data["header"]["batch"] == 4
-    assert "within 2× lstm" in capsys.readouterr().out
+    assert "largest ratios to lstm: mingru" in capsys.readouterr().out
 
 
 def test_train_step_rejects_unknown_models_and_other_modes(capsys):
