@@ -140,8 +140,8 @@ def para_lstm_cell(
     heads ``(heads, k)`` (the layers' layout), with ``pre`` ``(..., heads, 3, k)``, ``A`` ``(heads, 3, k)`` and
     ``C`` ``(heads, 2, k)``. ``J`` ``(..., 2, 2, *channels)`` is ``[[∂c/∂c', ∂c/∂h'], [∂h/∂c', ∂h/∂h']]`` per
     channel (primes: step t-1). Its vector-Jacobian product for the engine's backward is :func:`para_lstm_vjp`
-    (``para_lstm_cell.vjp``), which recomputes the gates: handing it the five as residuals (80 MiB at
-    (8, 2048, 256)) measured no faster, unlike ParaGRU's three.
+    (``para_lstm_cell.vjp``), which recomputes the gates: unlike ParaGRU's three, the five would cost more
+    memory as residuals than their recomputation costs time.
     """
     c_prev, h_prev, f, cand, c, o, tanh_c = _para_lstm_gates(state, pre, A, C)
     components = _component_dim(A)
@@ -200,8 +200,8 @@ class _HeadProjection(torch.autograd.Function):
 
     One matrix product per head, ``W[h]`` seen as ``(k, gates·k)``, each writing its ``(rows, gates·k)`` block of
     the head-major output in place; the backward takes two per head. In a gate-major layout ``(..., gates, d)``
-    each head's gates are separate blocks: one product per (head, gate), with K = k in the backward's, about
-    25% slower at (8, 4096, 256) with 2 heads (2 threads, fwd+bwd medians 203 vs 170 ms).
+    each head's gates are separate blocks: one product per (head, gate), with K = k in the backward's, which
+    runs slower.
     """
 
     @staticmethod
@@ -390,8 +390,8 @@ class ParaLSTM(_ParaRNN):
     cell = staticmethod(para_lstm_cell)
     recurrent_rows: ClassVar[dict[str, int]] = {"A": 3, "C": 2}
     # Newton's chunk steps carry 2×2 Jacobian blocks (about 40 operations per step with them, and as many in
-    # the backward): with fewer than about 16 chunks they cost more than the loop's single pass, measured at
-    # small batch and width (64 × 38) and at (16, 256, 128). Shorter sequences still go to the engine, whose
+    # the backward): with fewer than about 16 chunks they cost more than the loop's single pass, at small and
+    # at moderate batch and width. Shorter sequences still go to the engine, whose
     # sequential solve (loop forward, whole-sequence gradients) beats the loop under autograd there.
     loop_below: ClassVar[int] = 256
 

@@ -50,9 +50,8 @@ class S4D(EngineLayer):
     the initial state adds ``2·Re(Σ_n C_n Ā_n^{t+1} h0_n)`` and the final state is
     ``Ā^T h0 + Σ_k Ā^{T-1-k} B̄ x_k``), ``"scan"`` (engine 2 with ``Ā`` broadcast
     over batch and time) and ``"recurrent"``. The convolution is the
-    faster: on 2 CPU threads (float32, batch 8, T=1024, d_model=64, d_state=64)
-    about 55 ms vs 140 ms forward and 100 ms vs 750 ms forward plus backward;
-    the scan materialises ``(batch, T, d_model, d_state/2)`` complex states.
+    faster (the README's speed table gives both): the scan materialises
+    ``(batch, T, d_model, d_state/2)`` complex states.
 
     State: ``DiagonalState(h)`` with ``h`` complex, ``(batch, d_model, d_state // 2)``.
     """

@@ -287,8 +287,7 @@ def _chunkwise(q, k, v, beta, log_alpha, h0, chunk: int) -> tuple[Tensor, Tensor
     Zero key and value columns leave the recurrence exact: a zero key entry makes its row of ``I - β k k^T``
     the identity and adds nothing to that row of ``S``, which starts at zero; a zero value column keeps that
     column of ``S`` zero. The padding pays for itself: batched matmuls over operands under 8 wide run far
-    below their rate on CPU (at B·H = 256, T = 40, C = 8, one thread, head dims of 5-7 padded to 8 take
-    0.7-0.8 times the time of the forward+backward unpadded).
+    below their rate on CPU.
     """
     length, d_k, d_v = q.shape[2], q.shape[-1], v.shape[-1]
     n_chunks = -(-length // chunk)
@@ -313,13 +312,11 @@ def default_chunk_size(length: int, d_k: int = 64, d_v: int = 64) -> int:
     that, the largest chunk that pads T little (:func:`least_padding_chunk`, from 8 for head dims <= 16).
 
     Per token, the chunk's matmuls cost ``O(C (d_k + d_v))`` and the pass over chunks ``O(d_k d_v)``
-    per chunk: C near the head dims balances them. At ``d = 64``: measured forward+backward at B=4,
-    H=4, T=1024, fp32, 2 threads of a 2-core CPU (runs interleaved), C=32/64/128 took 38/41/56 ms;
-    64 takes half the sequential steps over chunks and runs its matmuls at a higher rate. With head
-    dims of 7-16 (B·H = 256, T = 40-80, one thread), C=16 takes a third of the time of C=64: the
-    C×C matrices would be mostly padding, and ``bmm`` on such thin operands runs far below peak. Head dims
-    of at most 16 may also take C = 8 where it pads less: at T = 40 (48 steps at C = 16, 40 at C = 8), d = 9,
-    B·H = 256, one thread, C = 8 takes 0.6-0.7 times the time of C = 16.
+    per chunk: C near the head dims balances them, and at ``d = 64`` a chunk of 64 halves the sequential
+    steps over chunks of 32 and runs its matmuls at a higher rate. With thin heads (under 16 wide) a large
+    chunk's C×C matrices would be mostly padding, and ``bmm`` on thin operands runs far below its peak
+    rate, so the chunk stays at 16, or 8 where that pads the sequence less (T = 40: 40 steps at 8 against
+    48 at 16).
     """
     width = 1 << (max(d_k, d_v, 1) - 1).bit_length()
     return least_padding_chunk(length, min(64, max(16, width)), 8 if width <= 16 else 16)

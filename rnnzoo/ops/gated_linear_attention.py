@@ -295,9 +295,7 @@ def _groups(like: Tensor, chunk: int, width: int) -> list[slice]:
 
     The per-chunk matmuls and element-wise steps run group by group, so a
     group's tensors are reused from cache instead of every tensor of all
-    chunks streaming through memory once per step (measured at B=4, H=4,
-    T=2048, C=128: the matmuls alone take 25-30% less time in groups of 16
-    chunks on one thread, 32 on two, than all 256 at once).
+    chunks streaming through memory once per step.
     """
     count = like.shape[0]
     size = max(1, torch.get_num_threads() * GROUP_BYTES // (chunk * width * like.element_size()))
@@ -487,17 +485,13 @@ def default_chunk_size(length: int, per_key: bool = False, d_k: int = 64, d_v: i
     """Chunk length: at most 128 for per-key decays, 64 otherwise, and at most twice the power of two at
     or above the wider head dim (at least 16); within that, :func:`least_padding_chunk`.
 
-    Measured on a 2-core CPU, B=4, H=4, T=2048, d_k=d_v=64, fp32, forward+backward,
-    runs interleaved: per-key C=32/64/128/256: 114/88/98/132 ms (one thread, CPU
-    time, min of 25: 128 takes ~10% longer than 64 for 1.5x the FLOPs, the masked
-    half of its C×C scores included, so it runs the matmuls closer to peak);
-    scalar decay 64/128: 81/97 ms; α = 1: 62/75 ms (two threads). Head dims of 4-16
-    (B·H = 256, T = 40, one thread) run 2-4x faster at C = 16 than at 64: the C×C
-    scores then cost far more than the ``d_k × d_v`` states they replace. For per-key
+    Larger chunks run fewer sequential steps and larger matmuls (closer to the machine's peak rate) but
+    compute more masked C×C scores: at head dims of 64 the balance is 64 for a scalar or no decay and up
+    to 128 for per-key decays. Thin heads (4-16 wide) take C = 16: the C×C scores would cost far more than
+    the ``d_k × d_v`` states they replace. For per-key
     decays :func:`gated_linear_attention` halves the chunk (down to 16) while some chunk
     decays by more than ``e^{-MAX_EXPONENT}``, which keeps the fast path. A scalar or no decay takes the
-    whole sequence as one chunk when it fits under that bound: at B·H = 64, T = 40, d_k = 64, d_v = 54
-    (Mamba-2 at d_model 27, one thread) a chunk of 40 runs 1.3-1.4x faster than 16 (padded to 48).
+    whole sequence as one chunk when it fits under that bound: no padding and no pass over chunks.
     """
     width = 2 << (max(d_k, d_v, 1) - 1).bit_length()
     largest = min(128 if per_key else 64, max(16, width))

@@ -115,13 +115,11 @@ def default_chunk_size(length: int, step_elements: int, device: torch.device) ->
 
     On CPU, the larger of ``round(sqrt(T))`` (fewest operations when each is small) and the size that gives
     each chunk step about ``STEP_ELEMENTS`` numbers (``n_chunks x step_elements``), enough to amortise the
-    per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (the ParaGRU layer's
-    forward+backward, 2 threads, fastest of 6 interleaved runs: 490, 428, 416, 521 ms for C = 32, 64, 128,
-    256; C = 32 needs a second iteration, its 32-step warm-up being too short; with the two-sweep backward,
-    C = 64, 96 and 128 are within noise of each other: 530, 484, 529 ms). Sequences of at least
+    per-operation overhead and to be split over threads: at (8, 4096, 256) that is C = 128 (much shorter
+    chunks need a second iteration, their warm-up being too short; much longer ones run too many sequential
+    steps). Sequences of at least
     ``2 MIN_CHUNK`` steps get chunks of at least ``MIN_CHUNK``: a chunk is also the warm-up that guesses the
-    next one's start, and shorter warm-ups cost whole extra iterations (at (64, 40, 38), ParaGRU converges in 3
-    iterations with C = 6 and in 1 with C = 20). The chunks are then evened out (``T // (T // C)``), so the
+    next one's start, and shorter warm-ups cost whole extra iterations. The chunks are then evened out (``T // (T // C)``), so the
     ragged tail, run step by step, is shorter than the number of chunks. On accelerators, 1 (DEER): there a
     step over whole sequences is one kernel per operation, and a few full-length iterations beat many chunk
     steps (not timed here).
@@ -246,8 +244,8 @@ class _Jacobians:
     chunk, ``(batch, chunks, ...)``, and the ragged ``tail`` after the last chunk, ``(batch, T - chunks·C, ...)``.
 
     ``main`` holds the cell's own results, not a copy in one ``(batch, T, ...)`` buffer: on CPU a buffer of 32 MiB
-    or more is mapped afresh by every call and pays a page fault per 4 KiB touched (at (8, 4096, 256) about 8,000,
-    some 20 ms of system time per forward, 2 threads), while tensors of one chunk step are reused from the heap.
+    or more is mapped afresh by every call and pays a page fault per 4 KiB touched, while tensors of one chunk
+    step are reused from the heap.
     """
 
     main: list[Tensor]

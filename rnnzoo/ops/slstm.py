@@ -22,8 +22,8 @@ the same loop with the input-side work hoisted, one batched matmul per step for
 ``R^T h``, gates and states written into preallocated buffers, and a hand-written
 backward-through-time loop (the exact gradient, ``m``'s ``max`` included, ties split
 as ``torch.maximum`` does) that reads those buffers and computes its per-step factors
-for all steps at once. (``torch.compile`` of the per-step math was measured too: no
-faster, its per-call overhead is about that of the eager ops it fuses.)
+for all steps at once. (``torch.compile`` of the per-step math is not used: its per-call
+overhead is about that of the few eager ops it would fuse.)
 
 Both compute in float32 or float64; layers run half-precision inputs in float32.
 
