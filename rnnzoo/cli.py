@@ -321,6 +321,34 @@ def _claims_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """``rnnzoo train``: check the configuration, hold --out, train (or resume) and print the result."""
+    from .train import ConfigError, load_config, train
+
+    try:
+        config = load_config(args.config, args.preset, args.overrides)
+    except ConfigError as e:
+        args.error(str(e))
+    out = Path(args.out)
+    lock = _hold_out_dir(args, out)
+    console = _console()
+    try:
+        result = train(config, out, resume=args.resume, console=console)
+    except ConfigError as e:
+        args.error(str(e))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: the checkpoints in {out / 'checkpoints'} hold the run; --resume continues it")
+        return 130
+    finally:
+        lock.release()
+    bpb = "" if result.val_bpb is None else f", validation {result.val_bpb:.3f} bits per byte"
+    console.print(
+        f"{result.step:,} steps, {result.tokens:,} tokens in {result.seconds / 60:.1f} min{bpb}; wrote {out}",
+        highlight=False,
+    )
+    return 0
+
+
 def _claims_run(args: argparse.Namespace) -> int:
     """Train the chosen claims' runs (what is not cached), print the verdicts, write claims.json and a PNG."""
     from . import claims
@@ -446,6 +474,22 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--force", action="store_true", help="rerun runs found in the cache")
     cr.add_argument("--quiet", action="store_true", help="no progress output, only the table")
     cr.set_defaults(func=_claims_run, error=cr.error)
+
+    tr = commands.add_parser(
+        "train",
+        help="train a language model on real text (default data: the Python standard library's source)",
+        description=(
+            "Train a causal LM (SequenceModel around any mixer, or a pattern such as 'hawk,hawk,attention') on real "
+            "text: evaluation in bits per byte, checkpoints, exact resume. Configuration: defaults, then --preset, "
+            "then --config, then KEY=VALUE overrides (e.g. mixer=mamba steps=500 'mixer_kwargs={\"expand\": 1}')."
+        ),
+    )
+    tr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="configuration overrides (see TrainConfig)")
+    tr.add_argument("--config", metavar="FILE", help="a TOML file of TrainConfig fields")
+    tr.add_argument("--preset", metavar="NAME", help="a preset configuration: tiny (a first run, minutes on a CPU)")
+    tr.add_argument("--out", default="runs/lm", metavar="DIR", help="run directory (default runs/lm)")
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    tr.set_defaults(func=_train, error=tr.error)
 
     ls = commands.add_parser("list", help="print the model registry", description="Print the model registry.")
     ls.set_defaults(func=_list)

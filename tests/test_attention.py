@@ -198,3 +198,47 @@ def test_bad_arguments_and_states():
         layer(x, KVCache(state.k, state.v[:, :, :2]))
     with pytest.raises(TypeError, match="`state` must be a KVCache"):
         layer(x, (state.k, state.v))
+
+
+# -- sliding-window attention --------------------------------------------------------------------------
+
+
+def windowed_reference(layer: Attention, x: torch.Tensor) -> torch.Tensor:
+    """Each position attends to itself and the window - 1 before it: a dense masked softmax."""
+    heads = layer.qkv_proj(x).unflatten(-1, (3 * layer.num_heads, -1)).transpose(1, 2)
+    q, k = rotate(heads[:, : 2 * layer.num_heads], 0, layer.rotary_base).chunk(2, 1)
+    v = heads[:, 2 * layer.num_heads :]
+    T = x.shape[1]
+    t, s = torch.arange(T)[:, None], torch.arange(T)
+    visible = (s <= t) & (s > t - layer.window)
+    scores = (q @ k.transpose(-1, -2) / layer.head_dim**0.5).masked_fill(~visible, float("-inf"))
+    return layer.out_proj((torch.softmax(scores, -1) @ v).transpose(1, 2).flatten(2))
+
+
+@pytest.mark.parametrize("window", [1, 3, 8])
+def test_sliding_window_agrees_across_forms_and_keeps_a_bounded_cache(window):
+    torch.manual_seed(0)
+    layer = Attention(16, num_heads=2, window=window).double()
+    x = torch.randn(2, 23, 16, dtype=torch.float64)
+    y, state = layer(x)
+    torch.testing.assert_close(y, windowed_reference(layer, x), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(layer(x, mode="recurrent")[0], y, rtol=1e-10, atol=1e-12)
+    assert state.k.shape[2] == window - 1 and state.position == 23
+    first, mid = layer(x[:, :9])
+    rest, _ = layer(x[:, 9:], mid)
+    torch.testing.assert_close(torch.cat([first, rest], 1), y, rtol=1e-10, atol=1e-12)
+    s, outs = None, []
+    for t in range(23):
+        y_t, s = layer.step(x[:, t], s)
+        outs.append(y_t)
+        assert s.k.shape[2] <= max(window - 1, 0) and s.position == t + 1  # O(window) per step
+    torch.testing.assert_close(torch.stack(outs, 1), y, rtol=1e-10, atol=1e-12)
+    M = layer.materialize(x)
+    assert torch.equal(torch.tril(M, -window), torch.zeros_like(M))  # nothing beyond the window
+    V, Y = layer.mixer_io(x)
+    torch.testing.assert_close(M @ V, Y, rtol=1e-10, atol=1e-12)
+
+
+def test_window_is_checked():
+    with pytest.raises(ValueError, match="`window`"):
+        Attention(16, window=0)

@@ -45,6 +45,7 @@ class KVCache(RecurrentState):
     k: Tensor
     v: Tensor
     _room: _Room | None = field(default=None, repr=False, compare=False)
+    dropped: int = 0  # tokens seen before the first one stored (sliding-window attention keeps the last ones)
 
     def tensors(self) -> dict[str, Tensor]:
         return {"k": self.k, "v": self.v}
@@ -65,7 +66,14 @@ class KVCache(RecurrentState):
     @property
     def position(self) -> int:
         """Tokens seen so far: the position of the next one."""
-        return self.k.shape[2]
+        return self.dropped + self.k.shape[2]
+
+    def trimmed(self, keep: int) -> KVCache:
+        """The cache of the last ``keep`` tokens only (sliding-window attention), positions kept."""
+        stored = self.k.shape[2]
+        if stored <= keep:
+            return self
+        return KVCache(self.k[:, :, stored - keep :], self.v[:, :, stored - keep :], dropped=self.dropped + stored - keep)
 
 
 def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
@@ -78,11 +86,11 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
     (``filled == cache.position``): appending twice to one cache (branching
     generation) copies the second branch into buffers of its own.
     """
-    t, n = cache.position, k.shape[2]
+    t, n, dropped = cache.k.shape[2], k.shape[2], cache.dropped
     if t == 0:
-        return KVCache(k, v)
+        return KVCache(k, v, dropped=dropped)
     if torch.is_grad_enabled() and any(x.requires_grad for x in (cache.k, cache.v, k, v)):
-        return KVCache(torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2))
+        return KVCache(torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2), dropped=dropped)
     room = cache._room
     if (
         room is None
@@ -96,7 +104,7 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
         room.k[:, :, :t], room.v[:, :, :t] = cache.k, cache.v
     room.k[:, :, t : t + n], room.v[:, :, t : t + n] = k, v
     room.filled = t + n
-    return KVCache(room.k[:, :, : t + n], room.v[:, :, : t + n], room)
+    return KVCache(room.k[:, :, : t + n], room.v[:, :, : t + n], room, dropped)
 
 
 @register(
@@ -108,8 +116,12 @@ class Attention(EngineLayer):
     """Causal multi-head softmax attention with rotary positions, per head at position ``n``::
 
         q_n, k_n, v_n = R_n W_q x_n,  R_n W_k x_n,  W_v x_n
-        o_n = Σ_{m<=n} softmax_m(q_n · k_m / sqrt(d_head)) v_m
+        o_n = Σ_{n-w < m <= n} softmax_m(q_n · k_m / sqrt(d_head)) v_m      (w = window; all m <= n if None)
         y_n = W_o [o_n of every head]
+
+    With ``window`` (sliding-window or local attention, as Griffin's and Mistral's), each token attends to
+    itself and the ``window - 1`` before it, and the cache keeps only those: the state and a step cost
+    O(window), whatever the context.
 
     ``R_n`` is the rotary embedding (:func:`rotate`), ``d_head = d_model /
     num_heads`` (even). Projections have no biases (``W_q, W_k, W_v`` fused into
@@ -125,9 +137,17 @@ class Attention(EngineLayer):
 
     engine = AttentionEngine(KVCache)
 
-    def __init__(self, d_model: int, num_heads: int = 4, rotary_base: float = ROTARY_BASE, mode: str = "auto") -> None:
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 4,
+        rotary_base: float = ROTARY_BASE,
+        window: int | None = None,
+        mode: str = "auto",
+    ) -> None:
         super().__init__(d_model, mode)
         self.num_heads = check_int("Attention", "num_heads", num_heads)
+        self.window = None if window is None else check_int("Attention", "window", window)
         self.head_dim = head_size("Attention", "d_model", d_model, num_heads)
         if self.head_dim % 2:
             raise ValueError(f"Attention: d_model / num_heads = {self.head_dim} must be even (rotary pairs)")
@@ -148,7 +168,7 @@ class Attention(EngineLayer):
         heads = split_heads(self.qkv_proj(x), 3 * self.num_heads, state_dtype(x.dtype))  # q, k, v heads in turn
         start = 0 if state is None else state.position
         q, k = rotate(heads[:, : 2 * self.num_heads], start, self.rotary_base).chunk(2, 1)
-        return AttentionInputs(q, k, heads[:, 2 * self.num_heads :]), None
+        return AttentionInputs(q, k, heads[:, 2 * self.num_heads :], self.window), None
 
     def read_output(self, x: Tensor, o: Tensor, cache: KVCache, carry: None) -> tuple[Tensor, KVCache]:
         return self.out_proj(merge_heads(o, x.dtype)), cache

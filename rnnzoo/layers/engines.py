@@ -466,6 +466,7 @@ class AttentionInputs:
     q: Tensor
     k: Tensor
     v: Tensor
+    window: int | None = None  # sliding window: keys at n - window < m <= n only
 
 
 class AttentionEngine(Engine):
@@ -480,33 +481,46 @@ class AttentionEngine(Engine):
         self.cache_type = cache_type
 
     @staticmethod
-    def _attend(q: Tensor, cache) -> Tensor:
+    def _attend(q: Tensor, cache, window: int | None) -> Tensor:
         """Outputs of queries ``q`` ``(batch, heads, n, d)``, the cache's last ``n`` tokens, over the cache."""
-        n, length = q.shape[2], cache.position
-        if n == 1:
+        n, length = q.shape[2], cache.k.shape[2]
+        window = None if window is not None and length <= window else window  # no stored key is out of reach
+        if window is None and n == 1:
             return F.scaled_dot_product_attention(q, cache.k, cache.v)
-        if n == length:
+        if window is None and n == length:
             return F.scaled_dot_product_attention(q, cache.k, cache.v, is_causal=True)
-        visible = torch.arange(length, device=q.device) <= torch.arange(length - n, length, device=q.device)[:, None]
+        keys = torch.arange(length, device=q.device)
+        queries = torch.arange(length - n, length, device=q.device)[:, None]
+        visible = keys <= queries
+        if window is not None:
+            visible &= keys > queries - window
         return F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=visible)
+
+    @staticmethod
+    def _keep(cache, window: int | None):
+        """The cache the next token needs: all of it, or the last ``window - 1`` tokens."""
+        return cache if window is None else cache.trimmed(window - 1)
 
     def loop(self, inputs, state):
         cache = self.cache_type.empty(inputs.q) if state is None else state
         outputs = []
         for q_t, k_t, v_t in zip(inputs.q.split(1, 2), inputs.k.split(1, 2), inputs.v.split(1, 2)):
             cache = cache.append(k_t, v_t)
-            outputs.append(self._attend(q_t, cache))
+            outputs.append(self._attend(q_t, cache, inputs.window))
+            cache = self._keep(cache, inputs.window)
         return torch.cat(outputs, 2), cache
 
     def parallel(self, inputs, state, mode):
         cache = (self.cache_type.empty(inputs.q) if state is None else state).append(inputs.k, inputs.v)
-        return self._attend(inputs.q, cache), cache
+        return self._attend(inputs.q, cache, inputs.window), self._keep(cache, inputs.window)
 
     def operator(self, inputs):
         scores = inputs.q @ inputs.k.transpose(-1, -2) * inputs.q.shape[-1] ** -0.5
         length = scores.shape[-1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
-        return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        visible = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
+        if inputs.window is not None:
+            visible = visible.triu(1 - inputs.window)
+        return torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
 
     def mixer_io(self, inputs, out, chunk_size=None):
         return inputs.v, out

@@ -98,9 +98,39 @@ def _takes(cls: type, name: str) -> bool:
     return name in inspect.signature(cls.__init__).parameters
 
 
+def mixer_pattern(mixer: str) -> list[str]:
+    """The registered layers of ``mixer``: one name, or a comma-separated pattern repeated over the blocks
+    (``"hawk,hawk,attention"``: Griffin's two recurrent blocks per attention block)."""
+    if not isinstance(mixer, str) or not mixer.strip():
+        raise ValueError(f"SequenceModel: `mixer` must be a registered layer name or a comma-separated pattern, got {mixer!r}")
+    pattern = [name.strip() for name in mixer.split(",")]
+    for name in pattern:
+        try:
+            model_info(name)
+        except ValueError as e:
+            raise ValueError(f"SequenceModel: `mixer`: {e}") from None
+    return pattern
+
+
+def _kwargs_per_mixer(where: str, pattern: list[str], mixer_kwargs: dict) -> dict[str, dict]:
+    """Keywords for each layer of ``pattern``: ``mixer_kwargs`` itself for one layer; for a pattern, a dict of
+    keyword dicts keyed by layer name (layers not named get none)."""
+    if len(set(pattern)) == 1:
+        return {pattern[0]: mixer_kwargs}
+    unknown = set(mixer_kwargs) - set(pattern)
+    if unknown or not all(isinstance(v, dict) for v in mixer_kwargs.values()):
+        raise ValueError(
+            f"{where}: with a mixer pattern, `mixer_kwargs` maps layer names of the pattern {sorted(set(pattern))} to "
+            f"their keywords (e.g. {{'attention': {{'num_heads': 2}}}}), got {mixer_kwargs!r}"
+        )
+    return {name: dict(mixer_kwargs.get(name, {})) for name in pattern}
+
+
 class SequenceModel(nn.Module):
     """Embedding, ``n_layers`` pre-norm residual blocks around the registered layer ``mixer``, final RMSNorm,
-    linear head to ``num_classes`` per position (``None``: ``vocab_size``, a causal LM).
+    linear head to ``num_classes`` per position (``None``: ``vocab_size``, a causal LM). ``mixer`` may be a
+    comma-separated pattern of layers repeated over the blocks, for hybrids (``"gla,gla,attention"``); its
+    ``mixer_kwargs`` then map each layer name to its keywords.
 
     ``mixer_kwargs`` go to every layer (e.g. ``{"negative_eigenvalues": True}``). A mixer taking
     ``lower_bound`` (HGRN, HGRN2) that is not given one gets the bound rising with depth ``l / n_layers``
@@ -141,18 +171,18 @@ class SequenceModel(nn.Module):
             if mlp == "none":
                 raise ValueError(f"{where}: `mlp_hidden` needs an MLP, but mlp='none'")
         self.mlp_hidden = mlp_hidden
-        try:
-            layer_cls = model_info(mixer).cls
-        except ValueError as e:
-            raise ValueError(f"{where}: `mixer`: {e}") from None
+        pattern = mixer_pattern(mixer)
         mixer_kwargs = dict(mixer_kwargs or {})
         self.mixer_name = mixer
         self.mixer_kwargs = mixer_kwargs
-        rising_bound = "lower_bound" not in mixer_kwargs and _takes(layer_cls, "lower_bound")
+        per_mixer = _kwargs_per_mixer(where, pattern, mixer_kwargs)
 
         def make_mixer(layer: int) -> nn.Module:
+            name = pattern[layer % len(pattern)]
+            kwargs = per_mixer[name]
+            rising_bound = "lower_bound" not in kwargs and _takes(model_info(name).cls, "lower_bound")
             bound = {"lower_bound": layer / n_layers} if rising_bound else {}
-            return create(mixer, d_model, **mixer_kwargs, **bound)
+            return create(name, d_model, **kwargs, **bound)
 
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(Block(d_model, make_mixer(i), mlp, mlp_ratio, mlp_hidden) for i in range(n_layers))

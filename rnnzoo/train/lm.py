@@ -1,0 +1,278 @@
+"""``rnnzoo train``: a causal language model (:class:`~rnnzoo.models.SequenceModel` around any mixer or a
+pattern of mixers) trained on real text, evaluated in bits per byte, checkpointed and resumable exactly.
+
+One optimizer step: ``grad_accum`` micro-batches of ``batch_size`` windows of ``context`` tokens (random windows,
+or stateful streams whose recurrent state is carried, detached, from one window to the next), cross-entropy
+at every position, backward, gradient clipping, AdamW with linear warm-up then cosine decay. Every
+``eval_every`` steps the validation loss over a fixed set of windows gives **bits per byte**
+(``loss / ln 2 · tokens / bytes`` of the split: comparable across tokenizers) and perplexity. The run directory
+holds ``config.json``, ``metrics.jsonl`` (one line per log and per evaluation), ``loss.png`` and the checkpoints
+(:mod:`rnnzoo.train.checkpoint`). Resuming restores weights, optimizer, schedule, random generators, the data
+position and carried states, so the resumed run computes the same losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from ..bench.files import write_json_atomic
+from ..data import (
+    StatefulStreams,
+    TokenSplit,
+    open_corpus,
+    random_windows,
+    token_split,
+    tokenizer_from_json,
+    tokenizer_from_spec,
+)  # fmt: skip
+from ..models import SequenceModel, size_model
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["RESUMABLE_CHANGES", "TrainResult", "build_model", "evaluate", "learning_rate", "train"]
+
+EVAL_SEED = 2**31 - 1  # the validation windows' generator: the same windows at every evaluation
+# fields a resumed run may change: they decide how long and how often, not what is computed
+RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "threads")
+
+
+@dataclass
+class TrainResult:
+    step: int
+    tokens: int
+    val_loss: float | None
+    val_bpb: float | None
+    seconds: float
+    out: Path
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> SequenceModel:
+    """The LM of ``config``: sized to ``params`` by :func:`~rnnzoo.models.size_model` unless ``d_model`` is set."""
+    model_config = dict(vocab_size=vocab_size, mixer=config.mixer, n_layers=config.n_layers,
+                        mixer_kwargs=config.mixer_kwargs)  # fmt: skip
+    try:
+        sized = {"d_model": config.d_model} if config.d_model else size_model(config.params, **model_config)
+        return SequenceModel(**model_config, **sized)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model (mixer={config.mixer!r}): {e}") from None
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``lr`` over ``warmup`` steps, then cosine decay to ``min_lr`` at ``steps``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = min(1.0, (step - config.warmup) / max(1, config.steps - config.warmup))
+    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def _optimizer(model: SequenceModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (embedding, projections), none on norms, biases and gate vectors."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+
+
+@torch.no_grad()
+def evaluate(model: SequenceModel, split: TokenSplit, config: TrainConfig) -> dict[str, float]:
+    """Validation loss (nats per token), bits per byte and perplexity over ``eval_batches`` fixed batches."""
+    model.eval()
+    generator = torch.Generator().manual_seed(EVAL_SEED)
+    total, count = 0.0, 0
+    for _ in range(config.eval_batches):
+        x, y = random_windows(split.tokens, config.batch_size, config.context, generator)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            logits, _ = model(x)
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
+        count += y.numel()
+    model.train()
+    loss = total / count
+    per_byte = len(split.tokens) / split.text_bytes if split.text_bytes else 1.0
+    return {"val_loss": loss, "val_bpb": loss / math.log(2) * per_byte, "val_ppl": math.exp(min(loss, 700))}
+
+
+def _data(config: TrainConfig, saved_tokenizer: str | None):
+    try:
+        corpus = open_corpus(config.data)
+    except ValueError as e:
+        raise ConfigError(f"`data`: {e}") from None
+    if saved_tokenizer is not None:
+        tokenizer = tokenizer_from_json(saved_tokenizer)
+    elif corpus.pretokenised:
+        tokenizer = tokenizer_from_spec("byte")
+    else:
+        texts = corpus.texts("train") if config.tokenizer != "byte" else None
+        try:
+            tokenizer = tokenizer_from_spec(config.tokenizer, texts)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    train_split, val_split = (token_split(corpus, tokenizer, s) for s in ("train", "validation"))
+    if corpus.pretokenised and corpus.token_dtype == "uint16":
+        vocab = int(max(train_split.tokens.max(), val_split.tokens.max())) + 1
+    else:
+        vocab = tokenizer.vocab_size
+    for name, split in (("train", train_split), ("validation", val_split)):
+        if len(split.tokens) < config.context + 1:
+            raise ConfigError(f"`context`={config.context} is longer than the {name} split ({len(split.tokens)} tokens)")
+    return tokenizer, train_split, val_split, vocab
+
+
+def _check_resume(config: TrainConfig, saved: dict) -> None:
+    """A resumed run must compute what the checkpointed one did: only :data:`RESUMABLE_CHANGES` may differ."""
+    ours = config.to_dict()
+    for name, value in saved.items():
+        if name not in RESUMABLE_CHANGES and ours.get(name) != value:
+            raise ConfigError(
+                f"--resume: `{name}` is {ours.get(name)!r} but the checkpoint was trained with {value!r}"
+                + (" (the vocabulary would not match)" if name in ("tokenizer", "data") else "")
+            )
+
+
+class _Metrics:
+    """``metrics.jsonl``: appended line by line; on resume cut back to the checkpoint's step."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        lines = path.read_text().splitlines() if path.exists() and resume_step is not None else []
+        self.records = [json.loads(line) for line in lines if json.loads(line)["step"] <= resume_step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def add(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def plot_losses(records: list[dict], path: Path, title: str) -> None:
+    """Training and validation loss (bits per byte for validation) against tokens, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], label="train loss (nats/token)", lw=1)
+    ax.plot([r["tokens"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss (nats/token)")
+    if val and "val_bpb" in val[0]:
+        ax.plot([r["tokens"] for r in val], [r["val_bpb"] for r in val], "s--", label="validation bits per byte")
+    ax.set(xlabel="training tokens", title=title)
+    ax.legend()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    console: Console | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run in ``out``; see the module docstring."""
+    out = Path(out)
+    latest = latest_checkpoint(out)
+    if latest is not None and not resume:
+        raise ConfigError(f"--out {out} holds checkpoints already: pass --resume to continue, or choose another --out")
+    saved = load_checkpoint(latest) if resume and latest is not None else None
+    if saved is not None:
+        _check_resume(config, saved[2])
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    tokenizer, train_split, val_split, vocab = _data(config, None if saved is None else saved[3])
+    torch.manual_seed(config.seed)
+    model = build_model(config, vocab)
+    optimizer = _optimizer(model, config)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    streams = StatefulStreams(train_split.tokens, config.batch_size, config.context) if config.stateful else None
+    carried, step = None, 0
+    if saved is not None:
+        weights, trainer, *_ = saved
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(trainer["optimizer"])
+        generator.set_state(trainer["generator"])
+        torch.set_rng_state(trainer["torch_rng"])
+        if streams is not None:
+            streams.load_state_dict(trainer["streams"])
+        carried, step = trainer["carried"], trainer["step"]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", config.to_dict())
+    metrics = _Metrics(out / "metrics.jsonl", step if saved is not None else None)
+    tokens_per_step = config.batch_size * config.context * config.grad_accum
+    say = console.print if console is not None else (lambda *a, **k: None)
+    say(f"{model.mixer_name}: {model.num_parameters():,} parameters, d_model {model.d_model}, vocabulary {vocab}, "
+        f"{len(train_split):,} training tokens; {'resuming at step ' + str(step) if step else 'from scratch'}",
+        highlight=False)  # fmt: skip
+
+    def checkpoint(at: int) -> None:
+        trainer_state = {
+            "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "streams": None if streams is None else streams.state_dict(), "carried": carried, "step": at,
+        }  # fmt: skip
+        save_checkpoint(out, at, model, trainer_state, config.to_dict(), tokenizer.to_json(), config.keep_checkpoints)
+
+    start, window_loss, window_tokens, window_start = time.perf_counter(), 0.0, 0, time.perf_counter()
+    last_eval = next((r for r in reversed(metrics.records) if "val_loss" in r), None)
+    model.train()
+    while step < config.steps:
+        lr = learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(config.grad_accum):
+            if streams is None:
+                x, y = random_windows(train_split.tokens, config.batch_size, config.context, generator)
+                state = None
+            else:
+                x, y, fresh = next(streams)
+                state = None if fresh or carried is None else carried
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                logits, new_state = model(x, state)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / config.grad_accum).backward()
+            step_loss += float(loss.detach()) / config.grad_accum
+            if streams is not None:
+                carried = [s.detach() for s in new_state]
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        window_loss, window_tokens = window_loss + step_loss, window_tokens + tokens_per_step
+        if step % config.log_every == 0 or step == config.steps:
+            now = time.perf_counter()
+            steps_in_window = window_tokens // tokens_per_step
+            record = {"step": step, "tokens": step * tokens_per_step, "loss": window_loss / steps_in_window, "lr": lr,
+                      "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}  # fmt: skip
+            metrics.add(record)
+            window_loss, window_tokens, window_start = 0.0, 0, now
+        if step % config.eval_every == 0 or step == config.steps:
+            last_eval = {"step": step, "tokens": step * tokens_per_step, **evaluate(model, val_split, config)}
+            metrics.add(last_eval)
+            plot_losses(metrics.records, out / "loss.png", f"{model.mixer_name} on {config.data}")
+            say(f"step {step:,}/{config.steps:,}  tokens {last_eval['tokens']:,}  "
+                f"val loss {last_eval['val_loss']:.4f}  bpb {last_eval['val_bpb']:.3f}", highlight=False)  # fmt: skip
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            checkpoint(step)
+        if on_step is not None:
+            on_step(step)
+    return TrainResult(
+        step, step * tokens_per_step, None if last_eval is None else last_eval["val_loss"],
+        None if last_eval is None else last_eval["val_bpb"], time.perf_counter() - start, out,
+    )  # fmt: skip

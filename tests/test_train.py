@@ -1,0 +1,136 @@
+"""``rnnzoo train``: configuration checks, checkpoints, exact resume (also after SIGKILL), hybrids."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from rnnzoo.cli import main
+from rnnzoo.train import ConfigError, TrainConfig, checkpoints, load_checkpoint, load_config, train
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """A small text corpus of 120 files and a private token cache."""
+    monkeypatch.setenv("RNNZOO_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(120):
+        (root / f"f{i:03d}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}\n" for j in range(8)))
+    return root
+
+
+def small(corpus, **changes) -> TrainConfig:
+    fields = dict(data=str(corpus), params=20_000, n_layers=2, context=32, batch_size=4, steps=12, warmup=2,
+                  eval_every=6, eval_batches=2, log_every=1, checkpoint_every=4, keep_checkpoints=2, threads=1)  # fmt: skip
+    return TrainConfig(**{**fields, **changes})
+
+
+def losses(out) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_at(step: int):
+    def on_step(s: int) -> None:
+        if s == step:
+            raise Stop
+
+    return on_step
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_resume_gives_the_same_loss_at_every_later_step(corpus, tmp_path, stateful):
+    config = small(corpus, stateful=stateful, mixer="gla" if stateful else "mamba")
+    whole = train(config, tmp_path / "whole")
+    with pytest.raises(Stop):
+        train(config, tmp_path / "cut", on_step=stop_at(6))  # dies between the checkpoints of steps 4 and 8
+    assert [p.name for p in checkpoints(tmp_path / "cut")] == ["step_00000004"]
+    resumed = train(config, tmp_path / "cut", resume=True)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole") and len(losses(tmp_path / "whole")) == 12
+    assert resumed.val_loss == whole.val_loss and resumed.step == 12
+    assert [p.name for p in checkpoints(tmp_path / "cut")] == ["step_00000008", "step_00000012"]  # the last 2 kept
+
+
+def test_a_run_killed_by_sigkill_resumes_exactly(corpus, tmp_path):
+    config = small(corpus, steps=40, checkpoint_every=10, eval_every=20)
+    overrides = [f"{k}={v}" for k, v in config.to_dict().items() if k != "mixer_kwargs"]
+    script = f"import sys; from rnnzoo.cli import main; sys.exit(main({['train', '--out', str(tmp_path / 'cut'), *overrides]!r}))"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not checkpoints(tmp_path / "cut") and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    kept = checkpoints(tmp_path / "cut")
+    assert kept and all(load_checkpoint(p) for p in kept)  # only whole checkpoints left behind
+    assert main(["train", "--out", str(tmp_path / "cut"), "--resume", *overrides]) == 0
+    train(config, tmp_path / "whole")
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+
+
+def test_hybrid_pattern_and_sliding_window_train(corpus, tmp_path):
+    config = small(corpus, mixer="hawk,attention", n_layers=4, steps=4, mixer_kwargs={"attention": {"window": 16}})
+    result = train(config, tmp_path / "hybrid")
+    _, trainer, saved, _ = load_checkpoint(checkpoints(tmp_path / "hybrid")[-1])
+    assert saved["mixer"] == "hawk,attention" and trainer["step"] == 4 and result.val_bpb > 0
+    assert (tmp_path / "hybrid" / "loss.png").stat().st_size > 0
+
+
+def test_config_layers_and_overrides(tmp_path):
+    (tmp_path / "run.toml").write_text('mixer = "mamba"\nsteps = 50\n[mixer_kwargs]\nexpand = 1\n')
+    config = load_config(tmp_path / "run.toml", "tiny", ["steps=70", "lr=1e-3", "stateful=true"])
+    assert (config.mixer, config.steps, config.lr, config.stateful, config.mixer_kwargs) == ("mamba", 70, 1e-3, True, {"expand": 1})
+    assert config.context == 128  # from the preset
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["mixr=gla"], "unknown field(s) 'mixr'"),
+        (["steps=0"], "`steps` must be >= 1"),
+        (["lr=fast"], "`lr` must be float"),
+        (["mixer_kwargs={'window': 512}", "mixer=attention", "context=256"], "window=512 is larger than `context`=256"),
+        (["mixer=no_such_layer"], "unknown model 'no_such_layer'"),
+        (["data=/no/such/corpus.txt"], "`data`: data '/no/such/corpus.txt': no such file"),
+    ],
+)
+def test_a_bad_config_is_one_line_and_exit_2_before_training(tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", str(tmp_path / "run"), "steps=3", *overrides])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_refuses_another_configuration(corpus, tmp_path, capsys):
+    config = small(corpus, steps=4)
+    train(config, tmp_path / "run")
+    with pytest.raises(ConfigError, match="`tokenizer` is 'bpe:300' but the checkpoint was trained with 'byte'"):
+        train(small(corpus, steps=8, tokenizer="bpe:300"), tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match="holds checkpoints already: pass --resume"):
+        train(config, tmp_path / "run")
+    longer = train(small(corpus, steps=8), tmp_path / "run", resume=True)  # more steps may be asked for
+    assert longer.step == 8
+
+
+def test_bits_per_byte_follow_the_tokenizer(corpus, tmp_path):
+    pytest.importorskip("tokenizers")
+    result = train(small(corpus, steps=2, tokenizer="bpe:300"), tmp_path / "bpe")
+    loss, bpb = result.val_loss, result.val_bpb
+    assert bpb < loss / 0.6931  # BPE tokens carry more than one byte each
+    _, _, _, tokenizer = load_checkpoint(checkpoints(tmp_path / "bpe")[-1])
+    assert json.loads(tokenizer)["kind"] == "bpe"
+    assert torch.get_num_threads() >= 1
