@@ -349,6 +349,65 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """``rnnzoo eval``: bits per byte of each checkpoint on a split, and loss against position to --factor
+    training contexts (a table and one plot with a curve per checkpoint)."""
+    from rich.table import Table
+
+    from .train import ConfigError
+    from .train.evaluate import bits_per_byte, bucketed, eval_split, load_run, loss_by_position, plot_loss_by_position
+
+    _check_output_file(args, "--plot", Path(args.plot))
+    try:
+        runs = [load_run(path) for path in args.checkpoint]
+        splits = [eval_split(run, args.data, args.split) for run in runs]
+    except ConfigError as e:
+        args.error(str(e))
+    console = _console()
+    table = Table(title=f"rnnzoo eval: {args.split} split", caption="loss in nats per token; positions from an empty state")
+    curves = {}
+    for run, split in zip(runs, splits):
+        scores = bits_per_byte(run, split, args.batches)
+        length = args.factor * run.config.context
+        try:
+            curve = loss_by_position(run.model, split.tokens, length, args.sequences)
+        except ConfigError as e:
+            args.error(str(e))
+        curves[run.name] = (curve, run.config.context)
+        buckets = bucketed(curve, run.config.context)
+        if not table.columns:
+            for name in ("checkpoint", "step", "bpb", "loss", *(f"pos {label}" for label, _ in buckets)):
+                table.add_column(name, justify="left" if name == "checkpoint" else "right")
+        table.add_row(run.name, f"{run.step:,}", f"{scores['val_bpb']:.3f}", f"{scores['val_loss']:.3f}",
+                      *(f"{loss:.3f}" for _, loss in buckets))  # fmt: skip
+    console.print(table)
+    plot_loss_by_position(curves, Path(args.plot), f"loss against position ({args.split})")
+    console.print(f"wrote {args.plot}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """``rnnzoo generate``: stream a continuation of --prompt, then tokens per second."""
+    from .train import ConfigError
+    from .train.evaluate import load_run, per_second, stream_text, timed
+
+    try:
+        run = load_run(args.checkpoint)
+        pieces = timed(stream_text(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                   args.seed))  # fmt: skip
+        sys.stdout.write(args.prompt)
+        seconds, count = 0.0, 0
+        for piece, seconds in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            count += 1
+    except (ConfigError, ValueError) as e:
+        args.error(str(e))
+    print(f"\n[{args.max_new_tokens} tokens in {seconds:.2f} s: {per_second(args.max_new_tokens, seconds):,.1f} tokens/s]",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def _claims_run(args: argparse.Namespace) -> int:
     """Train the chosen claims' runs (what is not cached), print the verdicts, write claims.json and a PNG."""
     from . import claims
@@ -490,6 +549,35 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="runs/lm", metavar="DIR", help="run directory (default runs/lm)")
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     tr.set_defaults(func=_train, error=tr.error)
+
+    ev = commands.add_parser(
+        "eval",
+        help="bits per byte of trained LMs, and their loss against position beyond the training context",
+        description="Evaluate checkpoints of `rnnzoo train`: bits per byte on a split, and the loss at each position "
+        "of sequences --factor times the training context (length extrapolation), as a table and one plot.",
+    )
+    ev.add_argument("--checkpoint", action="append", required=True, metavar="DIR",
+                    help="a run directory (its last checkpoint) or a checkpoint directory; repeatable")  # fmt: skip
+    ev.add_argument("--data", metavar="SOURCE", help="corpus (default: each run's own)")
+    ev.add_argument("--split", default="validation", choices=("train", "validation", "test"))
+    ev.add_argument("--factor", type=_positive_int, default=8, help="sequence length in training contexts (default 8)")
+    ev.add_argument("--sequences", type=_positive_int, default=16, help="sequences for the loss by position (16)")
+    ev.add_argument("--batches", type=_positive_int, default=16, help="batches for bits per byte (16)")
+    ev.add_argument("--plot", default="loss_by_position.png", metavar="PATH", help="the plot (loss_by_position.png)")
+    ev.set_defaults(func=_eval, error=ev.error)
+
+    ge = commands.add_parser(
+        "generate", help="continue a prompt with a trained LM, token by token from its recurrent state",
+        description="Stream a continuation of --prompt from a checkpoint of `rnnzoo train`; report tokens/s.",
+    )  # fmt: skip
+    ge.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory or a checkpoint directory")
+    ge.add_argument("--prompt", required=True)
+    ge.add_argument("--max-new-tokens", type=_positive_int, default=200)
+    ge.add_argument("--temperature", type=float, default=0.8)
+    ge.add_argument("--top-k", type=_positive_int, default=None)
+    ge.add_argument("--top-p", type=float, default=None)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.set_defaults(func=_generate, error=ge.error)
 
     ls = commands.add_parser("list", help="print the model registry", description="Print the model registry.")
     ls.set_defaults(func=_list)

@@ -134,3 +134,40 @@ def test_bits_per_byte_follow_the_tokenizer(corpus, tmp_path):
     _, _, _, tokenizer = load_checkpoint(checkpoints(tmp_path / "bpe")[-1])
     assert json.loads(tokenizer)["kind"] == "bpe"
     assert torch.get_num_threads() >= 1
+
+
+def test_train_eval_generate_end_to_end(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), f"data={corpus}", "params=20000", "n_layers=2", "context=16",
+                 "batch_size=4", "steps=6", "eval_every=3", "eval_batches=1", "checkpoint_every=3", "threads=1"]) == 0
+    assert "validation" in capsys.readouterr().out
+    plot = tmp_path / "lbp.png"
+    assert main(["eval", "--checkpoint", str(out), "--checkpoint", str(checkpoints(out)[0]), "--factor", "3",
+                 "--sequences", "2", "--batches", "1", "--plot", str(plot)]) == 0
+    table = capsys.readouterr().out
+    assert "pos 32-47" in table and "step_00000003" in table and plot.stat().st_size > 0
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "def f", "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("def f") and "12 tokens in" in captured.err
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--checkpoint", str(tmp_path / "nothing")])
+    assert exc.value.code == 2 and "no checkpoint there" in capsys.readouterr().err
+
+
+def test_greedy_stream_matches_generate_and_top_p_keeps_the_nucleus():
+    torch.manual_seed(0)
+    from rnnzoo.models import SequenceModel
+
+    lm = SequenceModel(32, mixer="mamba", d_model=16)
+    prompt = torch.randint(32, (2, 5))
+    streamed = torch.stack(list(lm.stream(prompt, 7, temperature=0)), 1)
+    assert torch.equal(lm.generate(prompt, 7, temperature=0)[:, 5:], streamed)
+    logits = torch.tensor([[4.0, 3.0, 0.0, -1.0]])
+    from rnnzoo.models.sequence_model import _sample
+
+    drawn = {int(_sample(logits, 1.0, None, torch.Generator().manual_seed(i), top_p=0.5)) for i in range(50)}
+    assert drawn == {0}  # the first token alone holds more than half the mass
+    drawn = {int(_sample(logits, 1.0, None, torch.Generator().manual_seed(i), top_p=0.9)) for i in range(200)}
+    assert drawn == {0, 1}
+    with pytest.raises(ValueError, match="`top_p` must be a number in"):
+        list(lm.stream(prompt, 2, top_p=1.5))

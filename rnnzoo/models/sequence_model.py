@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,14 @@ from ..layers.base import RecurrentState
 from ..registry import create, model_info
 
 __all__ = [
-    "MLP", "MLP_KINDS", "MATCHES", "PARAM_TOLERANCE", "Block", "SequenceModel", "size_d_model", "size_model",
+    "MATCHES",
+    "MLP",
+    "MLP_KINDS",
+    "PARAM_TOLERANCE",
+    "Block",
+    "SequenceModel",
+    "size_d_model",
+    "size_model",
     "state_size",
 ]  # fmt: skip
 
@@ -234,12 +241,30 @@ class SequenceModel(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
     ) -> Tensor:
         """Continue ``prompt`` ``(batch, time)`` by ``max_new_tokens`` sampled tokens; returns
-        ``(batch, time + max_new_tokens)``. The prompt runs in parallel, then each new token by :meth:`step`.
+        ``(batch, time + max_new_tokens)`` (:meth:`stream` gives them one at a time)."""
+        new = list(self.stream(prompt, max_new_tokens, temperature, top_k, generator, top_p))
+        return torch.cat([prompt, *(t.unsqueeze(1) for t in new)], dim=1)
 
-        Sampling from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens
-        (all if ``None``); ``temperature=0`` is greedy. Only for a causal LM (``num_classes == vocab_size``).
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        top_p: float | None = None,
+    ) -> Iterator[Tensor]:
+        """Sample ``max_new_tokens`` tokens after ``prompt`` ``(batch, time)``, yielding each ``(batch,)`` as it
+        comes. The prompt runs in parallel, then each new token costs one :meth:`step` (the recurrent state:
+        O(1) per token; attention's cache, O(context); a sliding window's, O(window)).
+
+        Sampling from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and to the
+        smallest set whose probability reaches ``top_p`` (nucleus; all if ``None``); ``temperature=0`` is greedy.
+        Only for a causal LM (``num_classes == vocab_size``).
         """
         where = "SequenceModel.generate"
         if self.num_classes != self.vocab_size:
@@ -252,14 +277,15 @@ class SequenceModel(nn.Module):
             raise ValueError(f"{where}: `temperature` must be a finite number >= 0, got {temperature!r}")
         if top_k is not None:
             check_int(where, "top_k", top_k)
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+            raise ValueError(f"{where}: `top_p` must be a number in (0, 1], got {top_p!r}")
         logits, state = self(prompt)
-        logits, out = logits[:, -1], [prompt]
+        logits = logits[:, -1]
         for i in range(max_new_tokens):
-            token = _sample(logits, temperature, top_k, generator)
-            out.append(token.unsqueeze(1))
+            token = _sample(logits, temperature, top_k, generator, top_p)
+            yield token
             if i + 1 < max_new_tokens:
                 logits, state = self.step(token, state)
-        return torch.cat(out, dim=1)
 
     def extra_repr(self) -> str:
         return f"mixer={self.mixer_name!r}, mixer_kwargs={self.mixer_kwargs}, parameters={self.num_parameters():,}"
@@ -293,7 +319,9 @@ class SequenceModel(nn.Module):
         return state
 
 
-def _sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
+def _sample(
+    logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None, top_p: float | None = None
+) -> Tensor:
     """One token id per row of ``logits`` ``(batch, vocab)``."""
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -301,7 +329,12 @@ def _sample(logits: Tensor, temperature: float, top_k: int | None, generator: to
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+    probs = logits.softmax(dim=-1)
+    if top_p is not None and top_p < 1:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before a token already reaches p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def _build(d_model: int, model_config: dict) -> SequenceModel | None:
