@@ -57,6 +57,35 @@ def test_forms_agree(mixer, batch, length, split):
             torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-8, atol=1e-10, msg=lambda m: f"{form} {k}: {m}")
 
 
+@pytest.mark.parametrize(
+    "pattern, kwargs",
+    [("hawk,hawk,attention", {"attention": {"window": 4}}), ("gla,deltanet,attention", {}), ("mamba,attention", {})],
+)
+@pytest.mark.parametrize("batch,length,split", [(2, 13, 5), (1, 1, 1)])
+def test_hybrid_forms_agree(pattern, kwargs, batch, length, split):
+    """A pattern of mixers (with sliding-window attention) agrees across parallel, recurrent, split and step."""
+    model = model_for(pattern, n_layers=3, mixer_kwargs=kwargs)
+    assert "attention" in [type(b.mixer).__name__.lower() for b in model.blocks]
+    tokens = torch.randint(VOCAB, (batch, length), generator=torch.Generator().manual_seed(length))
+    forms = ["auto", "recurrent", "step"] + (["split"] if length > 1 else [])
+    ref_logits, ref_states, ref_grads = run_form(model, tokens, forms[0], split)
+    for form in forms[1:]:
+        logits, states, grads = run_form(model, tokens, form, split)
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-9, atol=1e-10, msg=lambda m: f"{form} logits: {m}")
+        for got, want in zip(states, ref_states):
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-10)
+        for k in ref_grads:
+            torch.testing.assert_close(grads[k], ref_grads[k], rtol=1e-8, atol=1e-10, msg=lambda m: f"{form} {k}: {m}")
+
+
+def test_pattern_kwargs_are_checked():
+    with pytest.raises(ValueError, match="maps layer names of the pattern"):
+        model_for("gla,attention", mixer_kwargs={"window": 4})
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        model_for("gla,nope")
+
+
 @pytest.mark.parametrize("mlp", ["gelu", "none"])
 def test_mlp_kinds_and_depth(mlp):
     model = model_for("mingru", mlp=mlp, n_layers=3)
