@@ -177,6 +177,33 @@ def plot_losses(records: list[dict], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
+class _ProgressBar:
+    """On a terminal, a rich progress bar with tokens/s, loss and learning rate; elsewhere nothing (the
+    evaluations print one line each)."""
+
+    def __init__(self, console: Console | None, steps: int, done: int) -> None:
+        self.progress = None
+        if console is None or not console.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"), console=console, transient=True,
+        )  # fmt: skip
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=steps, completed=done, status="")
+
+    def update(self, step: int, record: dict) -> None:
+        if self.progress is not None:
+            status = f"loss {record['loss']:.3f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tokens/s"
+            self.progress.update(self.task, completed=step, status=status)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -227,51 +254,56 @@ def train(
         }  # fmt: skip
         save_checkpoint(out, at, model, trainer_state, config.to_dict(), tokenizer.to_json(), config.keep_checkpoints)
 
+    bar = _ProgressBar(console, config.steps, step)
     start, window_loss, window_tokens, window_start = time.perf_counter(), 0.0, 0, time.perf_counter()
     last_eval = next((r for r in reversed(metrics.records) if "val_loss" in r), None)
     model.train()
-    while step < config.steps:
-        lr = learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for _ in range(config.grad_accum):
-            if streams is None:
-                x, y = random_windows(train_split.tokens, config.batch_size, config.context, generator)
-                state = None
-            else:
-                x, y, fresh = next(streams)
-                state = None if fresh or carried is None else carried
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                logits, new_state = model(x, state)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-            (loss / config.grad_accum).backward()
-            step_loss += float(loss.detach()) / config.grad_accum
-            if streams is not None:
-                carried = [s.detach() for s in new_state]
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        step += 1
-        window_loss, window_tokens = window_loss + step_loss, window_tokens + tokens_per_step
-        if step % config.log_every == 0 or step == config.steps:
-            now = time.perf_counter()
-            steps_in_window = window_tokens // tokens_per_step
-            record = {"step": step, "tokens": step * tokens_per_step, "loss": window_loss / steps_in_window, "lr": lr,
-                      "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}  # fmt: skip
-            metrics.add(record)
-            window_loss, window_tokens, window_start = 0.0, 0, now
-        if step % config.eval_every == 0 or step == config.steps:
-            last_eval = {"step": step, "tokens": step * tokens_per_step, **evaluate(model, val_split, config)}
-            metrics.add(last_eval)
-            plot_losses(metrics.records, out / "loss.png", f"{model.mixer_name} on {config.data}")
-            say(f"step {step:,}/{config.steps:,}  tokens {last_eval['tokens']:,}  "
-                f"val loss {last_eval['val_loss']:.4f}  bpb {last_eval['val_bpb']:.3f}", highlight=False)  # fmt: skip
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            checkpoint(step)
-        if on_step is not None:
-            on_step(step)
+    try:
+        while step < config.steps:
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(config.grad_accum):
+                if streams is None:
+                    x, y = random_windows(train_split.tokens, config.batch_size, config.context, generator)
+                    state = None
+                else:
+                    x, y, fresh = next(streams)
+                    state = None if fresh or carried is None else carried
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                    logits, new_state = model(x, state)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                (loss / config.grad_accum).backward()
+                step_loss += float(loss.detach()) / config.grad_accum
+                if streams is not None:
+                    carried = [s.detach() for s in new_state]
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            step += 1
+            window_loss, window_tokens = window_loss + step_loss, window_tokens + tokens_per_step
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                steps_in_window = window_tokens // tokens_per_step
+                record = {"step": step, "tokens": step * tokens_per_step, "loss": window_loss / steps_in_window, "lr": lr,
+                          "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}  # fmt: skip
+                metrics.add(record)
+                bar.update(step, record)
+                window_loss, window_tokens, window_start = 0.0, 0, now
+            if step % config.eval_every == 0 or step == config.steps:
+                last_eval = {"step": step, "tokens": step * tokens_per_step, **evaluate(model, val_split, config)}
+                metrics.add(last_eval)
+                plot_losses(metrics.records, out / "loss.png", f"{model.mixer_name} on {config.data}")
+                say(f"step {step:,}/{config.steps:,}  tokens {last_eval['tokens']:,}  "
+                    f"val loss {last_eval['val_loss']:.4f}  bpb {last_eval['val_bpb']:.3f}", highlight=False)  # fmt: skip
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                checkpoint(step)
+            if on_step is not None:
+                on_step(step)
+    finally:
+        bar.close()
     return TrainResult(
         step, step * tokens_per_step, None if last_eval is None else last_eval["val_loss"],
         None if last_eval is None else last_eval["val_bpb"], time.perf_counter() - start, out,
