@@ -251,6 +251,10 @@ def _bench(args: argparse.Namespace) -> int:
     """Run a suite (training only what is not cached), print the tables, write results.json and the plot."""
     if args.report:
         return _bench_report(args)
+    if args.suite == "lm":
+        return _bench_lm(args)
+    if args.model or args.set:
+        args.error("--model and --set go with --suite lm")
     try:
         suite = suites.resolve_suite(args.suite or "quick")
     except suites.SuiteError as e:
@@ -272,6 +276,42 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_in(args, suite, out, console)
     finally:
         lock.release()
+
+
+def _bench_lm(args: argparse.Namespace) -> int:
+    """``rnnzoo bench --suite lm``: language models of every tier-1 mixer and the hybrids on real text."""
+    from .bench import lm
+    from .train import ConfigError, load_config
+
+    try:
+        base = load_config(None, "lm", args.set)
+    except ConfigError as e:
+        args.error(str(e))
+    models = args.model or lm.lm_models()
+    from .models.sequence_model import mixer_pattern
+
+    for model in models:
+        try:
+            mixer_pattern(model)
+        except ValueError as e:
+            args.error(f"--model {model}: {e}")
+    out = Path(args.out or "results/lm")
+    lock = _hold_out_dir(args, out)
+    console = _console()
+    try:
+        start = time.perf_counter()
+        rows = lm.run_lm_bench(base, models, out, args.jobs, console)
+    except ConfigError as e:
+        args.error(str(e))
+    finally:
+        lock.release()
+    caption = (
+        f"{base.params:,} parameters, {base.steps * base.batch_size * base.context:,} training tokens of {base.data} "
+        f"(context {base.context}); {(time.perf_counter() - start) / 60:.1f} min with {args.jobs} job(s)"
+    )
+    lm.report_lm(rows, console, caption)
+    console.print(f"wrote {out / 'lm.json'}, {out / 'lm.png'}")
+    return 0
 
 
 def _bench_in(args: argparse.Namespace, suite: suites.Suite, out: Path, console: Console) -> int:
@@ -493,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     be.add_argument(
         "--suite", metavar="NAME|PATH",
-        help=f"a built-in suite ({', '.join(suites.SUITES)}; default quick) or a .toml/.yaml suite file",
+        help=f"a built-in suite ({', '.join(suites.SUITES)}, lm; default quick) or a .toml/.yaml suite file",
     )  # fmt: skip
     be.add_argument("--seeds", type=_positive_int, metavar="N", help="run seeds 0..N-1 (report best and mean)")
     be.add_argument("--out", metavar="DIR", help="results and run cache (default results/bench)")
@@ -505,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--report", metavar="RESULTS_JSON", help="re-render a results.json's table and plot, no training")
     be.add_argument("--plot", metavar="PATH", help="the PNG (default accuracy.png beside results.json)")
     be.add_argument("--quiet", action="store_true", help="no progress output, only the tables")
+    be.add_argument("--model", action="append", metavar="MIXER", help="--suite lm: a mixer or pattern (repeatable)")
+    be.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--suite lm: a training setting over the lm preset (repeatable, e.g. steps=200)")  # fmt: skip
     be.set_defaults(func=_bench, error=be.error)
 
     cl = commands.add_parser(

@@ -171,3 +171,22 @@ def test_greedy_stream_matches_generate_and_top_p_keeps_the_nucleus():
     assert drawn == {0, 1}
     with pytest.raises(ValueError, match="`top_p` must be a number in"):
         list(lm.stream(prompt, 2, top_p=1.5))
+
+
+def test_lm_bench_trains_measures_and_resumes(corpus, tmp_path, capsys):
+    out = tmp_path / "lm"
+    args = ["bench", "--suite", "lm", "--out", str(out), "--jobs", "1", "--model", "gla", "--model", "gla,attention",
+            "--set", f"data={corpus}", "--set", "params=20000", "--set", "context=16", "--set", "batch_size=2",
+            "--set", "steps=4", "--set", "eval_every=2", "--set", "eval_batches=1", "--set", "checkpoint_every=2"]  # fmt: skip
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "gla,attention" in table and (out / "lm.png").stat().st_size > 0
+    rows = {r["model"]: r for r in json.loads((out / "lm.json").read_text())["rows"]}
+    assert set(rows) == {"gla", "gla,attention"} and all(r["generate_tokens_per_s"] > 0 for r in rows.values())
+    assert rows["gla,attention"]["state_floats"] > rows["gla"]["state_floats"]  # the KV cache after the context
+    stamp = (out / "gla" / "metrics.jsonl").stat().st_mtime_ns
+    assert main(args) == 0  # finished runs are not trained again
+    assert (out / "gla" / "metrics.jsonl").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--model", "gla"])
+    assert exc.value.code == 2

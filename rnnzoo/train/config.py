@@ -102,6 +102,9 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(mixer="gla", params=1_000_000, n_layers=4, context=128, batch_size=16, steps=1500, lr=3e-3,
                  min_lr=3e-4, warmup=100, eval_every=250, eval_batches=16, checkpoint_every=250),
+    # rnnzoo bench --suite lm: every mixer at ~1M parameters on the same tokens of stdlib
+    "lm": dict(params=1_000_000, n_layers=4, context=256, batch_size=16, steps=600, lr=3e-3, min_lr=3e-4,
+               warmup=60, eval_every=100, eval_batches=8, checkpoint_every=100, keep_checkpoints=1),
 }  # fmt: skip
 
 
