@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -190,3 +191,16 @@ def test_lm_bench_trains_measures_and_resumes(corpus, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--model", "gla"])
     assert exc.value.code == 2
+
+
+def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
+    one = train(small(corpus, steps=3, batch_size=4, eval_every=3, eval_batches=1), tmp_path / "one")
+    two = train(small(corpus, steps=3, batch_size=2, grad_accum=2, eval_every=3, eval_batches=2), tmp_path / "two")
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)  # the same windows, summed in two
+    assert abs(one.val_loss - two.val_loss) < 1e-5  # the same validation windows, the same model
+
+
+def test_bf16_autocast_trains(corpus, tmp_path):
+    result = train(small(corpus, steps=3, bf16=True, eval_every=3), tmp_path / "bf16")
+    assert all(math.isfinite(v) for v in losses(tmp_path / "bf16").values()) and math.isfinite(result.val_bpb)
