@@ -105,12 +105,13 @@ def test_config_layers_and_overrides(tmp_path):
         (["lr=fast"], "`lr` must be float"),
         (["mixer_kwargs={'window': 512}", "mixer=attention", "context=256"], "window=512 is larger than `context`=256"),
         (["mixer=no_such_layer"], "unknown model 'no_such_layer'"),
+        (["mixer=gla,attention", "stateful=true", "params=30000"], "`stateful`: the Attention layer's state"),
         (["data=/no/such/corpus.txt"], "`data`: data '/no/such/corpus.txt': no such file"),
     ],
 )
-def test_a_bad_config_is_one_line_and_exit_2_before_training(tmp_path, capsys, overrides, message):
+def test_a_bad_config_is_one_line_and_exit_2_before_training(corpus, tmp_path, capsys, overrides, message):
     with pytest.raises(SystemExit) as exc:
-        main(["train", "--out", str(tmp_path / "run"), "steps=3", *overrides])
+        main(["train", "--out", str(tmp_path / "run"), "steps=3", f"data={corpus}", *overrides])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -11,6 +11,8 @@ from typing import Any
 
 import tomllib
 
+from ..models.sequence_model import mixer_pattern
+
 __all__ = ["PRESETS", "ConfigError", "TrainConfig", "load_config"]
 
 
@@ -89,6 +91,10 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        try:
+            mixer_pattern(self.mixer)
+        except ValueError as e:
+            raise ConfigError(f"`mixer`: {e}") from None
         windows = [kw.get("window") for kw in (self.mixer_kwargs, *self.mixer_kwargs.values()) if isinstance(kw, dict)]
         for window in windows:
             if isinstance(window, int) and window > self.context:

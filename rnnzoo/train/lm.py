@@ -130,6 +130,19 @@ def _data(config: TrainConfig, saved_tokenizer: str | None):
     return tokenizer, train_split, val_split, vocab
 
 
+def _check_carried_state_is_bounded(model: SequenceModel) -> None:
+    """Stateful streams carry the state from window to window: a cache that grows with every token (full
+    attention's KV cache) would grow without bound, and attention has no recurrence to truncate."""
+    for block in model.blocks:
+        state = block.mixer.init_state(1, device="meta")
+        grows = any(0 in t.shape for t in state.tensors().values()) and getattr(block.mixer, "window", None) is None
+        if grows:
+            raise ConfigError(
+                f"`stateful`: the {type(block.mixer).__name__} layer's state is a cache that grows with every token; "
+                "carried across windows it would grow without bound: give it a window (mixer_kwargs) or stateful=false"
+            )
+
+
 def _check_resume(config: TrainConfig, saved: dict) -> None:
     """A resumed run must compute what the checkpointed one did: only :data:`RESUMABLE_CHANGES` may differ."""
     ours = config.to_dict()
@@ -225,6 +238,8 @@ def train(
     tokenizer, train_split, val_split, vocab = _data(config, None if saved is None else saved[3])
     torch.manual_seed(config.seed)
     model = build_model(config, vocab)
+    if config.stateful:
+        _check_carried_state_is_bounded(model)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed + 1)
     streams = StatefulStreams(train_split.tokens, config.batch_size, config.context) if config.stateful else None
