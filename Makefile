@@ -1,11 +1,11 @@
 # `make bench` runs the main job (the capability benchmark), `make test` the tests, `make claims` the papers'
-# claims (about 30 min), `make speed` the timings;
+# claims (about 30 min), `make lm` a first language model (about 4 min), `make speed` the timings;
 # each sets up .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup bench claims speed test clean
+.PHONY: setup bench claims lm speed test clean
 
 $(BIN)/rnnzoo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ bench: setup
 
 claims: setup
 	$(BIN)/rnnzoo claims run --quick
+
+lm: setup
+	$(BIN)/rnnzoo train --preset tiny --out runs/tiny
 
 speed: setup
 	$(BIN)/rnnzoo speed --quick
