@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 
+def checking_values() -> bool:
+    """Whether checks that read tensor values (ranges of gates and decays) run: always in eager mode, never
+    while ``torch.compile`` or ``torch.export`` traces (a value read there is a data-dependent guard)."""
+    import torch
+
+    return not torch.compiler.is_compiling()
+
+
 def check_int(owner: str, name: str, value: object, minimum: int = 1) -> int:
     """``value`` if it is an int (not a bool) >= ``minimum``, else a ``ValueError`` naming ``owner`` and ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -53,6 +53,9 @@ class KVCache(RecurrentState):
     def engine_state(self) -> KVCache:
         return self
 
+    def pytree_context(self) -> dict:
+        return {"dropped": self.dropped}
+
     @classmethod
     def empty(cls, like: Tensor) -> KVCache:
         """No tokens seen, for queries ``like`` ``(batch, heads, ·, d_head)``."""

@@ -24,6 +24,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from .._checks import check_int
@@ -44,6 +45,19 @@ class RecurrentState:
 
     engine_fields: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Every state type is a pytree (its tensors the leaves), so ``torch.export`` and ``torch.compile`` take
+        states as inputs and outputs."""
+        super().__init_subclass__(**kwargs)
+        pytree.register_pytree_node(
+            cls, _flatten_state, functools.partial(_unflatten_state, cls),
+            flatten_with_keys_fn=_flatten_state_with_keys, serialized_type_name=f"{cls.__module__}.{cls.__qualname__}",
+        )  # fmt: skip
+
+    def pytree_context(self) -> dict:
+        """Constructor fields besides the tensors that a flattened state must keep (none by default)."""
+        return {}
+
     def engine_state(self):
         """What the layer's engine continues from: the one engine field, or a tuple of them."""
         values = tuple(getattr(self, name) for name in self.engine_fields)
@@ -59,6 +73,21 @@ class RecurrentState:
     @property
     def batch_size(self) -> int:
         return next(iter(self.tensors().values())).shape[0]
+
+
+def _flatten_state(state: RecurrentState) -> tuple[list[Tensor], tuple]:
+    tensors = state.tensors()
+    return list(tensors.values()), (tuple(tensors), state.pytree_context())
+
+
+def _flatten_state_with_keys(state: RecurrentState) -> tuple[list, tuple]:
+    leaves, context = _flatten_state(state)
+    return [(pytree.GetAttrKey(name), leaf) for name, leaf in zip(context[0], leaves)], context
+
+
+def _unflatten_state(cls: type, leaves, context: tuple) -> RecurrentState:
+    names, extra = context
+    return cls(**dict(zip(names, leaves)), **extra)
 
 
 @dataclasses.dataclass

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_heads, check_int
+from .._checks import check_heads, check_int, checking_values
 from .decay import log_ratios, running_sum
 from .dtypes import compute_dtype, output_dtype
 from .gated_linear_attention import MIN_LOG_DECAY, least_padding_chunk
@@ -48,11 +48,12 @@ def _check(q, k, v, beta, log_alpha, h0, where: str):
     if h0 is not None and (not isinstance(h0, Tensor) or not h0.is_floating_point()):
         raise TypeError(f"{where}: `h0` must be a floating-point torch.Tensor")
     batch, heads, _, d_k, d_v = check_heads(where, q=q, k=k, v=v, beta=beta, log_alpha=log_alpha)
-    low, high = (float(x) for x in torch.aminmax(beta.detach()))
-    if low < 0 or high > 2:
-        raise ValueError(f"{where}: `beta` must lie in [0, 2], got values in [{low:.3g}, {high:.3g}]")
-    if log_alpha is not None and float(log_alpha.detach().max()) > 0:
-        raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays α <= 1)")
+    if checking_values():
+        low, high = (float(x) for x in torch.aminmax(beta.detach()))
+        if low < 0 or high > 2:
+            raise ValueError(f"{where}: `beta` must lie in [0, 2], got values in [{low:.3g}, {high:.3g}]")
+        if log_alpha is not None and float(log_alpha.detach().max()) > 0:
+            raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays α <= 1)")
     if h0 is not None and h0.shape != (batch, heads, d_k, d_v):
         raise ValueError(f"{where}: `h0` must have shape {(batch, heads, d_k, d_v)}, got {tuple(h0.shape)}")
     dtype = compute_dtype(q.dtype)

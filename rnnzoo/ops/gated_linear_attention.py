@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_int, checking_values
 from .decay import log_ratios, running_sum
 from .dtypes import output_dtype
 from .linear_scan import linear_scan, scan_adjoint, scan_states
@@ -70,10 +70,12 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
         raise ValueError(f"{where}: `alpha_sign` needs `log_alpha` and must have its shape, got {tuple(alpha_sign.shape)}")
     if h0 is not None and h0.shape != (batch, heads, d_k, d_v):
         raise ValueError(f"{where}: `h0` must have shape (batch, heads, d_k, d_v) = {(batch, heads, d_k, d_v)}, got {tuple(h0.shape)}")
-    if log_alpha is not None:
+    clamp = log_alpha is not None  # while tracing: always (it changes nothing above MIN_LOG_DECAY)
+    if log_alpha is not None and checking_values():
         lowest, highest = (float(x) for x in torch.aminmax(log_alpha.detach()))
         if highest > 0:
             raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays |α| <= 1)")
+        clamp = lowest < MIN_LOG_DECAY
     dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
     cast = lambda t: None if t is None else t.to(dtype)
     if alpha_sign is not None:
@@ -81,7 +83,7 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
         alpha_sign = torch.where(negative, -1.0, 1.0).to(dtype)
     if log_alpha is not None:
         log_alpha = log_alpha.to(dtype)
-        if lowest < MIN_LOG_DECAY:
+        if clamp:
             log_alpha = log_alpha.clamp(min=MIN_LOG_DECAY)
     return cast(q), cast(k), cast(v), log_alpha, alpha_sign, cast(h0)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_heads, check_int
+from .._checks import check_heads, check_int, checking_values
 from .decay import log_ratios
 from .dtypes import output_dtype
 from .gated_linear_attention import causal_mask, chunk_states, default_chunk_size
@@ -41,7 +41,7 @@ def _check(q, k, v, log_f, log_i, state, where: str):
         if t is None:
             raise TypeError(f"{where}: `{name}` must be a floating-point torch.Tensor, got None")
     batch, heads, length, d_k, d_v = check_heads(where, q=q, k=k, v=v, log_f=log_f, log_i=log_i)
-    if bool((log_f > 0).any()):
+    if checking_values() and bool((log_f > 0).any()):
         raise ValueError(f"{where}: `log_f` must be <= 0 (forget gates in (0, 1])")
     if state is not None:
         want = ((batch, heads, d_k, d_v), (batch, heads, d_k), (batch, heads))
