@@ -395,7 +395,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .train import ConfigError
-    from .train.evaluate import bits_per_byte, bucketed, eval_split, load_run, loss_by_position, plot_loss_by_position
+    from .train.evaluate import bucketed, eval_split, load_run, loss_by_position, plot_loss_by_position, split_scores
 
     _check_output_file(args, "--plot", Path(args.plot))
     try:
@@ -407,7 +407,7 @@ def _eval(args: argparse.Namespace) -> int:
     table = Table(title=f"rnnzoo eval: {args.split} split", caption="loss in nats per token; positions from an empty state")
     curves = {}
     for run, split in zip(runs, splits):
-        scores = bits_per_byte(run, split, args.batches)
+        scores = split_scores(run, split, args.batches)
         length = args.factor * run.config.context
         try:
             curve = loss_by_position(run.model, split.tokens, length, args.sequences)

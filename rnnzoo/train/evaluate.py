@@ -103,7 +103,7 @@ def eval_split(run: LoadedRun, data: str | None, split: str):
     return token_split(corpus, run.tokenizer, split)
 
 
-def bits_per_byte(run: LoadedRun, split_tokens, batches: int) -> dict[str, float]:
+def split_scores(run: LoadedRun, split_tokens, batches: int) -> dict[str, float]:
     """:func:`~rnnzoo.train.lm.evaluate` at the run's context and batch size, over ``batches`` batches."""
     config = TrainConfig(**{**run.config.to_dict(), "eval_batches": batches})
     return evaluate(run.model, split_tokens, config)

@@ -29,6 +29,7 @@ from ..bench.files import write_json_atomic
 from ..data import (
     StatefulStreams,
     TokenSplit,
+    bits_per_byte,
     open_corpus,
     random_windows,
     token_split,
@@ -100,8 +101,8 @@ def evaluate(model: SequenceModel, split: TokenSplit, config: TrainConfig) -> di
         count += y.numel()
     model.train()
     loss = total / count
-    per_byte = len(split.tokens) / split.text_bytes if split.text_bytes else 1.0
-    return {"val_loss": loss, "val_bpb": loss / math.log(2) * per_byte, "val_ppl": math.exp(min(loss, 700))}
+    bpb = bits_per_byte(loss, len(split.tokens), split.text_bytes) if split.text_bytes else loss / math.log(2)
+    return {"val_loss": loss, "val_bpb": bpb, "val_ppl": math.exp(min(loss, 700))}
 
 
 def _data(config: TrainConfig, saved_tokenizer: str | None):
