@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,20 @@ def test_gradient_accumulation_matches_one_big_batch(corpus, tmp_path):
 def test_bf16_autocast_trains(corpus, tmp_path):
     result = train(small(corpus, steps=3, bf16=True, eval_every=3), tmp_path / "bf16")
     assert all(math.isfinite(v) for v in losses(tmp_path / "bf16").values()) and math.isfinite(result.val_bpb)
+
+
+def test_a_pretokenised_uint16_corpus_trains_and_generates_ids(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RNNZOO_CACHE", str(tmp_path / "cache"))
+    np.random.default_rng(0).integers(0, 300, 20_000).astype(np.uint16).tofile(tmp_path / "owt.bin")
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), f"data={tmp_path / 'owt.bin'}", "params=20000", "n_layers=2", "context=16",
+                 "batch_size=2", "steps=2", "eval_every=2", "eval_batches=1", "threads=1"]) == 0
+    _, _, _, tokenizer = load_checkpoint(checkpoints(out)[-1])
+    assert json.loads(tokenizer) == {"kind": "ids", "vocab_size": 300}
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(out), "--prompt", "15 27 299", "--max-new-tokens", "4"]) == 0
+    words = capsys.readouterr().out.split()
+    assert len(words) == 7 and all(0 <= int(w) < 300 for w in words)
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--checkpoint", str(out), "--prompt", "hello"])
+    assert exc.value.code == 2 and "token ids separated by spaces" in capsys.readouterr().err

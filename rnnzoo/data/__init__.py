@@ -10,6 +10,7 @@ from .corpus import SPLITS, Corpus, open_corpus, split_of, stdlib_files
 from .tokenizer import (
     BPETokenizer,
     ByteTokenizer,
+    IdTokenizer,
     Tokenizer,
     bits_per_byte,
     token_dtype,
@@ -18,7 +19,7 @@ from .tokenizer import (
 )  # fmt: skip
 
 __all__ = [
-    "SPLITS", "BPETokenizer", "ByteTokenizer", "Corpus", "StatefulStreams", "TokenSplit", "Tokenizer",
+    "SPLITS", "BPETokenizer", "ByteTokenizer", "Corpus", "IdTokenizer", "StatefulStreams", "TokenSplit", "Tokenizer",
     "bits_per_byte", "cache_root", "open_corpus", "random_windows", "split_of", "stdlib_files", "token_dtype",
     "token_split", "tokenizer_from_json", "tokenizer_from_spec",
 ]  # fmt: skip

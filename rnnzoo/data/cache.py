@@ -28,7 +28,7 @@ CACHE_VERSION = 1
 @dataclass(frozen=True)
 class TokenSplit:
     """A split's token ids (1-D, memory-mapped) and the bytes of text they encode (``None`` for a pre-tokenised
-    corpus of uint16 ids, whose text is unknown; bits per byte then fall back to nats per token)."""
+    corpus of uint16 ids, whose text is unknown: "bits per byte" are then bits per token)."""
 
     tokens: np.ndarray
     text_bytes: int | None

@@ -15,7 +15,9 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BPETokenizer", "ByteTokenizer", "Tokenizer", "bits_per_byte", "tokenizer_from_json", "tokenizer_from_spec"]
+__all__ = [
+    "BPETokenizer", "ByteTokenizer", "IdTokenizer", "Tokenizer", "bits_per_byte", "tokenizer_from_json", "tokenizer_from_spec",
+]  # fmt: skip
 
 
 class Tokenizer(Protocol):
@@ -56,6 +58,34 @@ class ByteTokenizer:
     @property
     def identity(self) -> str:
         return "byte"
+
+
+class IdTokenizer:
+    """The ids of a pre-tokenised corpus (``.bin`` of uint16) whose tokenizer is not at hand: text is the ids
+    written as decimal numbers separated by spaces (``"15 496 11"``), both ways."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.name = f"ids:{vocab_size}"
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            ids = [int(word) for word in text.split()]
+        except ValueError:
+            raise ValueError(f"a pre-tokenised model reads token ids separated by spaces, got {text!r}") from None
+        if any(not 0 <= i < self.vocab_size for i in ids):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got {text!r}")
+        return np.asarray(ids, dtype=token_dtype(self.vocab_size))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(f" {int(i)}" for i in ids)
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "ids", "vocab_size": self.vocab_size})
+
+    @property
+    def identity(self) -> str:
+        return self.name
 
 
 class BPETokenizer:
@@ -118,6 +148,8 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     record = json.loads(text)
     if record.get("kind") == "byte":
         return ByteTokenizer()
+    if record.get("kind") == "ids":
+        return IdTokenizer(int(record["vocab_size"]))
     if record.get("kind") == "bpe":
         return BPETokenizer(_tokenizers().Tokenizer.from_str(json.dumps(record["tokenizer"])))
     raise ValueError(f"not a saved rnnzoo tokenizer: kind {record.get('kind')!r}")

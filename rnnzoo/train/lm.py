@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..bench.files import write_json_atomic
 from ..data import (
     StatefulStreams,
+    ByteTokenizer,
+    IdTokenizer,
     TokenSplit,
     bits_per_byte,
     open_corpus,
@@ -112,8 +115,11 @@ def _data(config: TrainConfig, saved_tokenizer: str | None):
         raise ConfigError(f"`data`: {e}") from None
     if saved_tokenizer is not None:
         tokenizer = tokenizer_from_json(saved_tokenizer)
+    elif corpus.pretokenised and corpus.token_dtype == "uint8":
+        tokenizer = ByteTokenizer()  # bytes as tokens (enwik8's convention)
     elif corpus.pretokenised:
-        tokenizer = tokenizer_from_spec("byte")
+        ids = np.memmap(corpus.token_file, dtype=corpus.token_dtype, mode="r")
+        tokenizer = IdTokenizer(int(ids.max()) + 1)
     else:
         texts = corpus.texts("train") if config.tokenizer != "byte" else None
         try:
@@ -121,10 +127,7 @@ def _data(config: TrainConfig, saved_tokenizer: str | None):
         except ValueError as e:
             raise ConfigError(str(e)) from None
     train_split, val_split = (token_split(corpus, tokenizer, s) for s in ("train", "validation"))
-    if corpus.pretokenised and corpus.token_dtype == "uint16":
-        vocab = int(max(train_split.tokens.max(), val_split.tokens.max())) + 1
-    else:
-        vocab = tokenizer.vocab_size
+    vocab = tokenizer.vocab_size
     for name, split in (("train", train_split), ("validation", val_split)):
         if len(split.tokens) < config.context + 1:
             raise ConfigError(f"`context`={config.context} is longer than the {name} split ({len(split.tokens)} tokens)")
