@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from ..bench.files import write_json_atomic
 from ..data import (
-    StatefulStreams,
     ByteTokenizer,
     IdTokenizer,
+    StatefulStreams,
     TokenSplit,
     bits_per_byte,
     open_corpus,
