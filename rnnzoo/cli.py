@@ -363,10 +363,16 @@ def _claims_list(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     """``rnnzoo train``: check the configuration, hold --out, train (or resume) and print the result."""
-    from .train import ConfigError, load_config, train
+    from .train import ConfigError, latest_checkpoint, load_checkpoint, load_config, train
 
+    base = None
+    if args.resume and latest_checkpoint(Path(args.out)) is not None:  # continue from the run's own settings
+        try:
+            base = load_checkpoint(latest_checkpoint(Path(args.out)))[2]
+        except ValueError as e:
+            args.error(str(e))
     try:
-        config = load_config(args.config, args.preset, args.overrides)
+        config = load_config(args.config, args.preset, args.overrides, base)
     except ConfigError as e:
         args.error(str(e))
     out = Path(args.out)
@@ -590,7 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", metavar="FILE", help="a TOML file of TrainConfig fields")
     tr.add_argument("--preset", metavar="NAME", help="a preset configuration: tiny (a first run, minutes on a CPU)")
     tr.add_argument("--out", default="runs/lm", metavar="DIR", help="run directory (default runs/lm)")
-    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    tr.add_argument(
+        "--resume", action="store_true",
+        help="continue from the last checkpoint in --out, with its settings (KEY=VALUE may change steps and logging)",
+    )  # fmt: skip
     tr.set_defaults(func=_train, error=tr.error)
 
     ev = commands.add_parser(

@@ -78,7 +78,7 @@ def test_a_run_killed_by_sigkill_resumes_exactly(corpus, tmp_path):
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
     kept = checkpoints(tmp_path / "cut")
     assert kept and all(load_checkpoint(p) for p in kept)  # only whole checkpoints left behind
-    assert main(["train", "--out", str(tmp_path / "cut"), "--resume", *overrides]) == 0
+    assert main(["train", "--out", str(tmp_path / "cut"), "--resume"]) == 0  # the run's own settings
     train(config, tmp_path / "whole")
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
 
@@ -223,3 +223,15 @@ def test_a_pretokenised_uint16_corpus_trains_and_generates_ids(tmp_path, capsys,
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--checkpoint", str(out), "--prompt", "hello"])
     assert exc.value.code == 2 and "token ids separated by spaces" in capsys.readouterr().err
+
+
+def test_resume_from_the_command_line_takes_the_runs_settings(corpus, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    common = [f"data={corpus}", "params=20000", "n_layers=2", "context=16", "batch_size=2", "eval_every=2",
+              "eval_batches=1", "checkpoint_every=2", "threads=1"]  # fmt: skip
+    assert main(["train", "--out", out, "mixer=mamba", "steps=2", *common]) == 0
+    assert main(["train", "--out", out, "--resume", "steps=4"]) == 0  # mamba, the corpus, ... from the checkpoint
+    assert load_checkpoint(checkpoints(tmp_path / "run")[-1])[1]["step"] == 4
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", out, "--resume", "mixer=gla", "steps=6"])
+    assert exc.value.code == 2 and "`mixer` is 'gla' but the checkpoint was trained with 'mamba'" in capsys.readouterr().err

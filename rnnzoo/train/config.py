@@ -124,9 +124,12 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def load_config(path: str | Path | None = None, preset: str | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """The defaults, then the preset, then the TOML file's fields, then ``key=value`` overrides."""
-    values: dict[str, Any] = {}
+def load_config(
+    path: str | Path | None = None, preset: str | None = None, overrides: list[str] = (), base: dict | None = None
+) -> TrainConfig:
+    """The defaults (or ``base``, a saved run's configuration), then the preset, then the TOML file's fields,
+    then ``key=value`` overrides."""
+    values: dict[str, Any] = dict(base or {})
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"`preset` must be one of {sorted(PRESETS)}, got {preset!r}")
