@@ -365,10 +365,10 @@ def _train(args: argparse.Namespace) -> int:
     """``rnnzoo train``: check the configuration, hold --out, train (or resume) and print the result."""
     from .train import ConfigError, latest_checkpoint, load_checkpoint, load_config, train
 
-    base = None
-    if args.resume and latest_checkpoint(Path(args.out)) is not None:  # continue from the run's own settings
+    base, latest = None, latest_checkpoint(Path(args.out)) if args.resume else None
+    if latest is not None:  # continue from the run's own settings
         try:
-            base = load_checkpoint(latest_checkpoint(Path(args.out)))[2]
+            base = load_checkpoint(latest)[2]
         except ValueError as e:
             args.error(str(e))
     try:

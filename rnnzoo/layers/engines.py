@@ -43,7 +43,7 @@ from ..ops import (
     softmax_scan_operator,
     softmax_scan_reference,
 )  # fmt: skip
-from ..ops.gated_linear_attention import gla_operator
+from ..ops.gated_linear_attention import causal_mask, gla_operator
 from ..ops.ssm_convolution import diagonal_ssm_convolution, diagonal_ssm_kernel
 
 __all__ = [
@@ -517,7 +517,7 @@ class AttentionEngine(Engine):
     def operator(self, inputs):
         scores = inputs.q @ inputs.k.transpose(-1, -2) * inputs.q.shape[-1] ** -0.5
         length = scores.shape[-1]
-        visible = torch.ones(length, length, dtype=torch.bool, device=scores.device).tril()
+        visible = causal_mask(length, scores.device)
         if inputs.window is not None:
             visible = visible.triu(1 - inputs.window)
         return torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .._checks import check_int, checking_values
 from .decay import log_ratios, running_sum
-from .dtypes import output_dtype
+from .dtypes import compute_dtype, output_dtype
 from .linear_scan import linear_scan, scan_adjoint, scan_states
 
 __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
@@ -76,7 +76,7 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
         if highest > 0:
             raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays |α| <= 1)")
         clamp = lowest < MIN_LOG_DECAY
-    dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = compute_dtype(q.dtype)
     cast = lambda t: None if t is None else t.to(dtype)
     if alpha_sign is not None:
         negative = alpha_sign if alpha_sign.dtype == torch.bool else alpha_sign < 0

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .._checks import check_heads, check_int, checking_values
 from .decay import log_ratios
-from .dtypes import output_dtype
+from .dtypes import compute_dtype, output_dtype
 from .gated_linear_attention import causal_mask, chunk_states, default_chunk_size
 
 __all__ = ["mlstm_chunkwise", "mlstm_operator", "mlstm_reference"]
@@ -48,7 +48,7 @@ def _check(q, k, v, log_f, log_i, state, where: str):
         if len(state) != 3 or any(s.shape != w for s, w in zip(state, want)):
             got = [tuple(s.shape) for s in state]
             raise ValueError(f"{where}: `state` must be (C {want[0]}, n {want[1]}, m {want[2]}), got {got}")
-    dtype = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32
+    dtype = compute_dtype(q.dtype)
     cast = lambda t: t.to(dtype)
     state = None if state is None else tuple(map(cast, state))
     return cast(q), cast(k), cast(v), cast(log_f), cast(log_i), state

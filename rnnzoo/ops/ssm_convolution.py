@@ -21,11 +21,20 @@ from torch import Tensor
 __all__ = ["diagonal_ssm_convolution", "diagonal_ssm_kernel"]
 
 
+def _powers(dtA: Tensor, count: int) -> Tensor:
+    """``Ā^k = exp(k ΔA)`` for ``k = 0 .. count-1``: ``(channels, modes, count)``."""
+    return torch.exp(dtA[..., None] * torch.arange(count, device=dtA.device, dtype=dtA.real.dtype))
+
+
+def _kernel(B_bar: Tensor, C: Tensor, powers: Tensor) -> Tensor:
+    """``K_k = 2·Re(Σ_n C_n B̄_n Ā_n^k)`` ``(channels, k)`` from the powers ``(channels, modes, k)``."""
+    return 2 * torch.einsum("hn,hnk->hk", C * B_bar, powers).real
+
+
 def diagonal_ssm_kernel(dtA: Tensor, B_bar: Tensor, C: Tensor, length: int) -> Tensor:
     """``K`` ``(channels, length)``, real: ``K_k = 2·Re(Σ_n C_n B̄_n exp(k ΔA_n))``; ``dtA, B_bar, C``
     complex ``(channels, modes)``."""
-    powers = torch.exp(dtA[..., None] * torch.arange(length, device=dtA.device, dtype=dtA.real.dtype))
-    return 2 * torch.einsum("hn,hnk->hk", C * B_bar, powers).real
+    return _kernel(B_bar, C, _powers(dtA, length))
 
 
 def diagonal_ssm_convolution(
@@ -34,8 +43,8 @@ def diagonal_ssm_convolution(
     """``(z, h_last)``: the outputs ``(batch, T, channels)`` and the final state ``(batch, channels, modes)``
     (complex) for real inputs ``u`` ``(batch, T, channels)``; ``dtA, B_bar, C`` complex ``(channels, modes)``."""
     T = u.shape[1]
-    powers = torch.exp(dtA[..., None] * torch.arange(T + 1, device=u.device, dtype=u.dtype))  # Ā^k, (H, N, T+1)
-    kernel = 2 * torch.einsum("hn,hnk->hk", C * B_bar, powers[..., :T]).real  # (H, T)
+    powers = _powers(dtA, T + 1)  # Ā^k, (H, N, T+1)
+    kernel = _kernel(B_bar, C, powers[..., :T])  # (H, T)
     u_t = u.transpose(1, 2)  # (B, H, T)
     z = torch.fft.irfft(torch.fft.rfft(u_t, n=2 * T) * torch.fft.rfft(kernel, n=2 * T), n=2 * T)[..., :T]
     # final state: Σ_k Ā^{T-1-k} B̄ u_k, a Vandermonde matmul over time per channel

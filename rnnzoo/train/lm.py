@@ -164,7 +164,7 @@ class _Metrics:
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path
         lines = path.read_text().splitlines() if path.exists() and resume_step is not None else []
-        self.records = [json.loads(line) for line in lines if json.loads(line)["step"] <= resume_step]
+        self.records = [r for r in map(json.loads, lines) if r["step"] <= resume_step]
         path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def add(self, record: dict) -> None:
