@@ -83,7 +83,7 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
     """The cache after the tokens ``k, v`` ``(batch, heads, n, d_head)``; ``cache`` itself stays valid.
 
     Under autograd (a tensor requires grad) by concatenation, so gradients
-    reach the old cache. Otherwise the tokens are written in place into
+    reach the old cache, and likewise in a compiled graph (which keeps no buffers between calls). Otherwise the tokens are written in place into
     buffers of twice the needed capacity (amortised doubling), so a step costs
     O(n), not a copy of the whole cache. A buffer is written only at its end
     (``filled == cache.position``): appending twice to one cache (branching
@@ -92,7 +92,8 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
     t, n, dropped = cache.k.shape[2], k.shape[2], cache.dropped
     if t == 0:
         return KVCache(k, v, dropped=dropped)
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (cache.k, cache.v, k, v)):
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (cache.k, cache.v, k, v))
+    if grad or torch.compiler.is_compiling():
         return KVCache(torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2), dropped=dropped)
     room = cache._room
     if (

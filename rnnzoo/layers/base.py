@@ -27,7 +27,7 @@ import torch
 import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_int, checking_values
 from .common import state_dtype
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ class SequenceLayer(nn.Module):
         self._check_input(x, "x", ("batch", "time", "d_model"))
         self._check_state(state, x.shape[0], x.device)
         mode = self._resolve_mode(mode, x)
-        if mode != "recurrent":
+        if mode != "recurrent" and checking_values():  # a compiled graph cannot branch on values
             bad = first_nonfinite_step(x)
             if bad is not None:
                 return self._forward_causal(x, state, mode, bad)
@@ -447,7 +447,11 @@ class EngineLayer(SequenceLayer):
         raise NotImplementedError
 
     def _run(self, inputs: Any, state: Any, mode: str) -> tuple[Tensor, Any]:
-        return self.engine.run(inputs, state, mode, self.chunk_size)
+        # An engine picks its own precision (float32 for half-precision inputs, rnnzoo.ops.dtypes); autocast
+        # would recast the matmuls inside it to half precision, against the float32 operands it prepared.
+        device = next(t for t in vars(inputs).values() if isinstance(t, Tensor)).device.type
+        with torch.autocast(device, enabled=False):
+            return self.engine.run(inputs, state, mode, self.chunk_size)
 
     def _forward(self, x: Tensor, state: RecurrentState | None, mode: str) -> tuple[Tensor, RecurrentState]:
         inputs, carry = self.engine_inputs(x, state)

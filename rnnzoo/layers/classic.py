@@ -6,8 +6,9 @@ Short-Term Memory" (with the forget gate of Gers et al. 2000); Cho et al. (2014)
 Translation". Equations and weight layout are ``torch.nn.RNN`` / ``nn.LSTM`` /
 ``nn.GRU``'s (engine 1: a nonlinear recurrence, sequential by nature).
 
-Each layer owns a one-layer, unidirectional, ``batch_first`` torch module ``rnn``.
-Mode ``"fused"`` runs a sequence through it (oneDNN on CPU, cuDNN on GPU), so at
+Each layer owns the parameters of a one-layer, unidirectional torch module as ``rnn``
+(torch's names and initialisation: ``rnn.weight_ih_l0`` ...). Mode ``"fused"`` runs a
+sequence through torch's fused kernel for it (oneDNN on CPU, cuDNN on GPU), so at
 ``d_hidden == d_model`` a layer does exactly the work of the bare torch module;
 ``"recurrent"`` (and ``step``) is a plain per-step loop written from the equations
 with the same weights. With ``d_hidden != d_model`` a linear map takes ``h`` back to
@@ -16,7 +17,7 @@ with the same weights. With ``d_hidden != d_model`` a linear map takes ``h`` bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -62,36 +63,51 @@ class _Weights:
     b_hh: Tensor
 
 
+class _RNNWeights(nn.Module):
+    """A one-layer torch RNN module's parameters under its names, without the module: the layer calls the
+    module's fused kernel itself (``torch._VF``), which ``torch.compile`` traces where it refuses the module."""
+
+    def __init__(self, module: nn.RNNBase) -> None:
+        super().__init__()
+        for name, parameter in module.named_parameters():
+            self.register_parameter(name, parameter)
+
+    def flat(self) -> list[Tensor]:
+        """The weights in the kernel's order."""
+        return [self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0]
+
+
 class _TorchRNN(SequenceLayer):
     """Shared shell: the owned torch module, the per-step loop, and conversion to and from torch modules."""
 
     parallel_modes = ("fused",)
     torch_cls: ClassVar[type[nn.RNNBase]]
+    kernel: ClassVar  # torch's fused kernel for torch_cls, e.g. torch._VF.lstm
     state_cls: ClassVar[type[RecurrentState]]
 
     def __init__(self, d_model: int, d_hidden: int | None = None, mode: str = "auto") -> None:
         super().__init__(d_model, mode)
         self.d_hidden = d_model if d_hidden is None else check_int(type(self).__name__, "d_hidden", d_hidden)
-        self.rnn = self.torch_cls(d_model, self.d_hidden, batch_first=True)
+        self.rnn = _RNNWeights(self.torch_cls(d_model, self.d_hidden, batch_first=True))
         self.out_proj = nn.Linear(self.d_hidden, d_model) if self.d_hidden != d_model else nn.Identity()
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> RecurrentState:
         kw = self._state_kwargs(device, dtype)
         zero = dict(device=kw["device"], dtype=state_dtype(kw["dtype"]))
-        return self.state_cls(*(torch.zeros(batch_size, self.d_hidden, **zero) for _ in fields(self.state_cls)))
+        return self.state_cls(*(torch.zeros(batch_size, self.d_hidden, **zero) for _ in self.state_cls.__dataclass_fields__))
 
     def _forward(self, x: Tensor, state: RecurrentState | None, mode: str) -> tuple[Tensor, RecurrentState]:
         y, state = (self._fused if mode == "fused" else self._recurrent)(x, state)
         return self.out_proj(y), state
 
     def _fused(self, x: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState]:
-        """The whole sequence through ``self.rnn``; the state enters and leaves in the state dtype."""
-        hx = None
-        if state is not None:  # torch's layout: (num_layers = 1, batch, d_hidden), a tuple (h, c) for the LSTM
-            hx = tuple(t.unsqueeze(0).to(x.dtype) for t in state.tensors().values())
-            hx = hx if len(hx) > 1 else hx[0]
-        y, hx = self.rnn(x, hx)
-        final = hx if isinstance(hx, tuple) else (hx,)
+        """The whole sequence through torch's fused kernel; the state enters and leaves in the state dtype."""
+        state = self.init_state(x.shape[0], x.device, x.dtype) if state is None else state
+        # torch's layout: (num_layers = 1, batch, d_hidden), a tuple (h, c) for the LSTM
+        hx = tuple(t.unsqueeze(0).to(x.dtype) for t in state.tensors().values())
+        weights = [w.to(x.dtype) for w in self.rnn.flat()]
+        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
+        y, *final = type(self).kernel(x, hx if len(hx) > 1 else hx[0], weights, True, 1, 0.0, self.training, False, True)
         return y, self.state_cls(*(t.squeeze(0).to(state_dtype(x.dtype)) for t in final))
 
     def _recurrent(self, x: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState]:
@@ -171,6 +187,7 @@ class Elman(_TorchRNN):
     """
 
     torch_cls = nn.RNN
+    kernel = torch._VF.rnn_tanh
     state_cls = HiddenState
 
     @classmethod
@@ -193,6 +210,7 @@ class LSTM(_TorchRNN):
     """
 
     torch_cls = nn.LSTM
+    kernel = torch._VF.lstm
     state_cls = LSTMState
 
     @classmethod
@@ -218,6 +236,7 @@ class GRU(_TorchRNN):
     """
 
     torch_cls = nn.GRU
+    kernel = torch._VF.gru
     state_cls = HiddenState
 
     def _cell(self, gx_t: Tensor, state: HiddenState, w: _Weights) -> HiddenState:

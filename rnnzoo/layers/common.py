@@ -85,13 +85,17 @@ def dt_bias_init(size: int, dt_min: float = 0.001, dt_max: float = 0.1) -> Tenso
 
 
 def lower_bound_buffer(owner: str, lower_bound: float | Tensor, size: int) -> Tensor:
-    """HGRN's forget-gate lower bound γ as a ``(size,)`` tensor: a float or a ``(size,)`` tensor in [0, 1)."""
-    bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype())
+    """HGRN's forget-gate lower bound γ as a ``(size,)`` tensor: a float or a ``(size,)`` tensor in [0, 1).
+
+    The range is checked on the value given (a float on the CPU), and the buffer made on the default device,
+    so the layer also builds under ``torch.device("meta")`` (as ``transformers``' ``from_pretrained`` does)."""
+    on_cpu = None if isinstance(lower_bound, Tensor) else "cpu"
+    bound = torch.as_tensor(lower_bound, dtype=torch.get_default_dtype(), device=on_cpu)
     if bound.dim() > 1 or (bound.dim() == 1 and bound.shape[0] != size):
         raise ValueError(f"{owner}: `lower_bound` must be a float or a ({size},) tensor, got {tuple(bound.shape)}")
     if not ((bound >= 0) & (bound < 1)).all():
         raise ValueError(f"{owner}: `lower_bound` must lie in [0, 1)")
-    return bound.expand(size).clone()
+    return torch.empty(size).copy_(bound.expand(size))
 
 
 # -- rotary positions ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops.opaque import traceable
 from .base import state_dtype
 
 __all__ = ["CausalConv1d", "causal_conv1d"]
@@ -74,6 +75,13 @@ class _CausalConv(torch.autograd.Function):
         return grad_padded[:, size - 1 :], grad_state_in, grad_weight, grad_bias
 
 
+
+def _causal_conv_shapes(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), x.new_empty(x.shape[0], x.shape[2], weight.shape[-1] - 1)
+
+
+_causal_conv = traceable(_CausalConv, _causal_conv_shapes)
+
 def causal_conv1d(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Depthwise causal convolution ``y_t = bias + Σ_k weight[:, 0, k] ⊙ x_{t-K+1+k}``.
 
@@ -83,7 +91,7 @@ def causal_conv1d(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor 
     """
     if state is not None:
         state = state.to(x.dtype)
-    return _CausalConv.apply(x.contiguous(), state, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return _causal_conv(x.contiguous(), state, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 class CausalConv1d(nn.Module):

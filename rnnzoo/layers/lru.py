@@ -94,7 +94,8 @@ class LRU(EngineLayer):
         gamma = torch.exp(self.gamma_log.to(u.dtype))
         # γ ⊙ (B x): real and imaginary parts as two real matmuls
         B_re, B_im = gamma[:, None] * self.B_re.to(u.dtype), gamma[:, None] * self.B_im.to(u.dtype)
-        return DiagonalInputs(self.eigenvalues(), torch.complex(u @ B_re.T, u @ B_im.T)), u
+        b_re, b_im = ((u @ B.T).to(u.dtype) for B in (B_re, B_im))  # autocast may have run them in half precision
+        return DiagonalInputs(self.eigenvalues(), torch.complex(b_re, b_im)), u
 
     def read_output(self, x: Tensor, h: Tensor, h_last: Tensor, u: Tensor) -> tuple[Tensor, DiagonalState]:
         y = h.real @ self.C_re.to(u.dtype).T - h.imag @ self.C_im.to(u.dtype).T + self.D.to(u.dtype) * u  # Re(C h) + D x

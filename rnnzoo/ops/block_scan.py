@@ -25,6 +25,7 @@ from torch import Tensor
 from .._checks import check_int
 from .dtypes import compute_dtype
 from .linear_scan import Transitions, scan_adjoint, scan_states
+from .opaque import traceable
 
 __all__ = [
     "BLOCKS", "block_affine", "block_linear_scan", "block_linear_scan_reference", "block_matmul", "block_matvec",
@@ -144,6 +145,14 @@ class _BlockScan(torch.autograd.Function):
         return grad_A, r, grad_h0, None
 
 
+
+def _block_scan_shapes(A: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    h = torch.empty_like(b)
+    return h, h[:, -1]
+
+
+_block_scan = traceable(_BlockScan, _block_scan_shapes)
+
 def block_linear_scan(
     A: Tensor, b: Tensor, h0: Tensor | None = None, *, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -158,4 +167,4 @@ def block_linear_scan(
     if chunk_size is not None:
         check_int("block_linear_scan", "chunk_size", chunk_size, minimum=2)
     A, b, h0 = _check_inputs(A, b, h0)
-    return _BlockScan.apply(A, b, h0, chunk_size)
+    return _block_scan(A, b, h0, chunk_size)

@@ -40,6 +40,7 @@ from .._checks import check_heads, check_int, checking_values
 from .decay import log_ratios, running_sum
 from .dtypes import compute_dtype, output_dtype
 from .gated_linear_attention import MIN_LOG_DECAY, least_padding_chunk
+from .opaque import traceable
 
 __all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference"]
 
@@ -282,6 +283,14 @@ class _ChunkwiseDeltaRule(torch.autograd.Function):
 MIN_HEAD_DIM = 8  # thinner heads are zero-padded to this width (see _chunkwise)
 
 
+
+def _delta_rule_shapes(q, k, v, beta, log_alpha, h0) -> tuple[Tensor, Tensor]:
+    batch, heads, _, _, d_k = q.shape
+    return torch.empty_like(v), v.new_empty(batch, heads, d_k, v.shape[-1])
+
+
+_chunkwise_delta_rule = traceable(_ChunkwiseDeltaRule, _delta_rule_shapes)
+
 def _chunkwise(q, k, v, beta, log_alpha, h0, chunk: int) -> tuple[Tensor, Tensor]:
     """Pads time to whole chunks, and head dims below :data:`MIN_HEAD_DIM` with zeros, then runs the chunks.
 
@@ -302,7 +311,7 @@ def _chunkwise(q, k, v, beta, log_alpha, h0, chunk: int) -> tuple[Tensor, Tensor
         if h0 is not None:
             h0 = F.pad(h0, (0, pad_v, 0, pad_k))
     chunked = (t.unflatten(2, (n_chunks, chunk)) for t in (q, k, v, beta, log_alpha))
-    out, last = _ChunkwiseDeltaRule.apply(*chunked, h0)
+    out, last = _chunkwise_delta_rule(*chunked, h0)
     if pad_k or pad_v:
         last = last[..., :d_k, :d_v].contiguous()
     return out.flatten(2, 3)[:, :, :length, :d_v], last

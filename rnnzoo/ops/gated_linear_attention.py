@@ -33,6 +33,7 @@ from .._checks import check_int, checking_values
 from .decay import log_ratios, running_sum
 from .dtypes import compute_dtype, output_dtype
 from .linear_scan import linear_scan, scan_adjoint, scan_states
+from .opaque import traceable
 
 __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated_linear_attention_reference", "gla_operator"]
 
@@ -152,6 +153,8 @@ def _sub_block_size(g: Tensor) -> int:
     block's decay range ``g_first - g_last``. A block of one token has range 0.
     """
     size, g = g.shape[-2], g.detach()
+    if not checking_values():  # a compiled graph cannot read the decays: blocks of one token fit any decay
+        return 1
     while size > 1:
         blocks = g.unflatten(-2, (-1, size))
         if float((blocks[..., 0, :] - blocks[..., -1, :]).max()) <= MAX_EXPONENT:
@@ -264,8 +267,10 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
         return out.flatten(2, 3)[:, :, :length], last
 
     # per-key decay: q and k re-based per sub-block
-    if _chunk_decay_fits(log_alpha):  # one sub-block per chunk
-        return tuple(_PerKeyChunkwise.apply(q, k, v, log_alpha, alpha_sign, h0, length))
+    # one sub-block per chunk where the decays allow; a compiled graph cannot read them and takes sub-blocks
+    # of one token, which any decay allows
+    if checking_values() and _chunk_decay_fits(log_alpha):
+        return _per_key_chunkwise(q, k, v, log_alpha, alpha_sign, h0, length)
     # strong decays (some chunk decays by more than e^-MAX_EXPONENT): several sub-blocks per chunk.
     # The factors that take the chunk-start state into sub-block i (e^{r_i}) and the last
     # sub-block's keys to the chunk end (e^{g_last - r_last}) act on the small d_k × d_v states. The running
@@ -453,6 +458,15 @@ class _PerKeyChunkwise(torch.autograd.Function):
         grad_q, grad_k, grad_v = grad_q.view(*shape, d_k), grad_k.view(*shape, d_k), grad_v.view(*shape, d_v)
         return grad_q, grad_k, grad_v, grad_log_alpha, None, grad_h0, None
 
+
+
+def _per_key_shapes(q, k, v, log_alpha, alpha_sign, h0, length) -> tuple[Tensor, Tensor]:
+    batch, heads, _, _, d_k = q.shape
+    d_v = v.shape[-1]
+    return v.new_empty(batch, heads, length, d_v), v.new_empty(batch, heads, d_k, d_v)
+
+
+_per_key_chunkwise = traceable(_PerKeyChunkwise, _per_key_shapes)
 
 def chunk_flops(
     batch: int, heads: int, length: int, d_k: int, d_v: int, chunk: int | None = None, per_key: bool = True

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from .dtypes import compute_dtype, output_dtype
+from .opaque import traceable
 
 __all__ = [
     "DIAGONAL", "Transitions", "default_chunk_size", "linear_scan", "linear_scan_operator", "linear_scan_reference",
@@ -292,6 +293,14 @@ class _LinearScan(torch.autograd.Function):
         return grad_a, r, grad_h0, None
 
 
+def _scan_shapes(a: Tensor, b: Tensor, h0: Tensor | None, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    h = b.new_empty(b.shape, dtype=torch.promote_types(a.dtype, b.dtype))
+    return h, h[:, -1]
+
+
+_linear_scan = traceable(_LinearScan, _scan_shapes)
+
+
 def linear_scan(
     a: Tensor, b: Tensor, h0: Tensor | None = None, *, chunk_size: int | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -311,7 +320,7 @@ def linear_scan(
         check_int("linear_scan", "chunk_size", chunk_size, minimum=2)
     out_dtype = b.dtype
     a, b, h0 = _check_inputs(a, b, h0)
-    h, h_last = _LinearScan.apply(a, b, h0, chunk_size)
+    h, h_last = _linear_scan(a, b, h0, chunk_size)
     return h.to(output_dtype(out_dtype, h.dtype)), h_last
 
 

@@ -59,6 +59,7 @@ gradients over them instead of into a new buffer.
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -71,6 +72,7 @@ from .._checks import check_int
 from .block_scan import BLOCKS
 from .dtypes import compute_dtype
 from .linear_scan import DIAGONAL, Transitions, scan_adjoint, scan_states
+from .opaque import traceable
 
 __all__ = [
     "Cell", "NewtonConvergenceWarning", "NewtonInfo", "default_chunk_size", "default_tolerance",
@@ -576,6 +578,40 @@ class _SequentialRecurrence(torch.autograd.Function):
         return None, None, None, grad_h0, *grads
 
 
+class _NamedCellRecurrence(torch.autograd.Function):
+    """:class:`_SequentialRecurrence` (``sequential``) or :class:`_NewtonRecurrence`, with the cell named by its
+    import path (``module:qualname``, a module-level function) and the settings as numbers: the arguments an
+    opaque operator can carry (:func:`~rnnzoo.ops.opaque.traceable`). Compiled graphs only."""
+
+    @staticmethod
+    def forward(ctx, sequential: bool, cell_name: str, n_xs: int, tol: float, max_iters: int, chunk_size: int,
+                h0: Tensor, *inputs: Tensor) -> tuple[Tensor, Tensor]:  # fmt: skip
+        module, name = cell_name.split(":")
+        cell = getattr(importlib.import_module(module), name)
+        settings = _Solve(n_xs=n_xs, tol=tol, max_iters=max_iters, chunk_size=chunk_size)
+        ctx.sequential = sequential
+        if sequential:
+            ops = _jacobian_kind(cell, inputs[:n_xs], h0, inputs[n_xs:])
+            return _SequentialRecurrence.forward(ctx, cell, ops, settings, h0, *inputs)
+        return _NewtonRecurrence.forward(ctx, cell, settings, h0, *inputs)
+
+    @staticmethod
+    def backward(ctx, grad_h: Tensor | None, grad_last: Tensor | None):
+        # the delegate counts its own leading arguments: three (sequential) or two, where this has six
+        delegate, extra = (_SequentialRecurrence, 3) if ctx.sequential else (_NewtonRecurrence, 4)
+        ctx.needs_input_grad = ctx.needs_input_grad[extra:]
+        grads = delegate.backward(ctx, grad_h, grad_last)
+        return (None,) * extra + tuple(grads)
+
+
+def _named_cell_shapes(sequential, cell_name, n_xs, tol, max_iters, chunk_size, h0, *inputs) -> tuple[Tensor, Tensor]:
+    h = h0.new_empty(h0.shape[0], inputs[0].shape[1], *h0.shape[1:])
+    return h, h0.new_empty(h0.shape)
+
+
+_named_cell_recurrence = traceable(_NamedCellRecurrence, _named_cell_shapes)
+
+
 def nonlinear_recurrence(
     cell: Cell,
     xs: Sequence[Tensor],
@@ -629,7 +665,13 @@ def nonlinear_recurrence(
         chunk_size=chunk_size or default_chunk_size(length, h0.numel(), h0.device),
         rebuild_xs=rebuild_xs,
     )
-    if chunk_size is None and h0.device.type == "cpu" and length < SEQUENTIAL_BELOW:
+    sequential = chunk_size is None and h0.device.type == "cpu" and length < SEQUENTIAL_BELOW
+    if torch.compiler.is_compiling():  # the cell by name, the settings as numbers; no NewtonInfo comes back
+        cell_name = f"{cell.__module__}:{cell.__name__}"
+        solve = (settings.n_xs, settings.tol, settings.max_iters, settings.chunk_size)
+        h, h_last = _named_cell_recurrence(sequential, cell_name, *solve, h0, *xs, *params)
+        return h, h_last, None
+    if sequential:
         ops = _jacobian_kind(cell, xs, h0, params)
         h, h_last = _SequentialRecurrence.apply(cell, ops, settings, h0, *xs, *params)
         return h, h_last, NewtonInfo(1, True, 0.0, length)

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from .dtypes import compute_dtype, output_dtype
+from .opaque import traceable
 
 __all__ = ["default_selective_chunk", "selective_scan", "selective_scan_reference", "selective_transition"]
 
@@ -275,6 +276,13 @@ class _SelectiveScan(torch.autograd.Function):
         )  # fmt: skip
 
 
+
+def _selective_scan_shapes(u, delta, A, B, C, D, h0, negative_eigenvalues, chunk) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[2], A.shape[1])
+
+
+_selective_scan = traceable(_SelectiveScan, _selective_scan_shapes)
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -300,5 +308,5 @@ def selective_scan(
     out_dtype = u.dtype
     u, delta, A, B, C, D, h0 = _check_inputs(u, delta, A, B, C, D, h0)
     chunk = chunk_size or default_selective_chunk(u.shape[0], u.shape[2], A.shape[1])
-    y, h_last = _SelectiveScan.apply(u, delta, A, B, C, D, h0, negative_eigenvalues, chunk)
+    y, h_last = _selective_scan(u, delta, A, B, C, D, h0, negative_eigenvalues, chunk)
     return y.to(output_dtype(out_dtype, y.dtype)), h_last

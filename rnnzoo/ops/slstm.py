@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .opaque import traceable
+
 __all__ = ["FORGET_GATES", "slstm", "slstm_initial_state", "slstm_reference"]
 
 FORGET_GATES = ("sigmoid", "exp")  # log f = logsigmoid(f̃) (xLSTM's code) or f̃ (the paper's alternative)
@@ -117,7 +119,7 @@ def slstm(
 ) -> tuple[Tensor, SLSTMStateTuple]:
     """The fast sequential form with a hand-written backward; same arguments and results as :func:`slstm_reference`."""
     h0, c0, n0, m0 = _check(gates, R, state, forget_gate)
-    hs, c, n, m = _SLSTMFunction.apply(gates, R, h0, c0, n0, m0, forget_gate == "exp")
+    hs, c, n, m = _slstm(gates, R, h0, c0, n0, m0, forget_gate == "exp")
     return hs, (hs[:, -1], c, n, m)
 
 
@@ -194,6 +196,14 @@ class _SLSTMFunction(torch.autograd.Function):
         initial = (g.transpose(0, 1) for g in (dh0, dc, dn, dm))
         return d_gates.permute(2, 0, 1, 3, 4), dR.view(R.shape), *initial, None
 
+
+
+def _slstm_shapes(gates, R, h0, c0, n0, m0, exp_forget) -> tuple[Tensor, ...]:
+    batch, length, heads, _, d_head = gates.shape
+    return gates.new_empty(batch, length, heads, d_head), *(gates.new_empty(batch, heads, d_head) for _ in range(3))
+
+
+_slstm = traceable(_SLSTMFunction, _slstm_shapes)
 
 def _backward_coefficients(
     raw: Tensor, i: Tensor, f: Tensor, z: Tensor, o: Tensor, hs: Tensor, cs: Tensor, ns: Tensor, ms: Tensor,
