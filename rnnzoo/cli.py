@@ -362,8 +362,10 @@ def _claims_list(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    """``rnnzoo train``: check the configuration, hold --out, train (or resume) and print the result."""
+    """``rnnzoo train``: check the configuration, hold --out, train (or resume) and print the result. Under
+    torchrun, the main process holds --out and prints; the others are silent."""
     from .train import ConfigError, latest_checkpoint, load_checkpoint, load_config, train
+    from .train.distributed import is_main_process
 
     base, latest = None, latest_checkpoint(Path(args.out)) if args.resume else None
     if latest is not None:  # continue from the run's own settings
@@ -375,9 +377,10 @@ def _train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.preset, args.overrides, base)
     except ConfigError as e:
         args.error(str(e))
-    out = Path(args.out)
-    lock = _hold_out_dir(args, out)
+    out, main_process = Path(args.out), is_main_process()
+    lock = _hold_out_dir(args, out) if main_process else None
     console = _console()
+    console.quiet = not main_process
     try:
         result = train(config, out, resume=args.resume, console=console)
     except ConfigError as e:
@@ -386,7 +389,8 @@ def _train(args: argparse.Namespace) -> int:
         console.print(f"interrupted: the checkpoints in {out / 'checkpoints'} hold the run; --resume continues it")
         return 130
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
     bpb = "" if result.val_bpb is None else f", validation {result.val_bpb:.3f} bits per byte"
     console.print(
         f"{result.step:,} steps, {result.tokens:,} tokens in {result.seconds / 60:.1f} min{bpb}; wrote {out}",
@@ -451,6 +455,25 @@ def _generate(args: argparse.Namespace) -> int:
         args.error(str(e))
     print(f"\n[{args.max_new_tokens} tokens in {seconds:.2f} s: {per_second(args.max_new_tokens, seconds):,.1f} tokens/s]",
           file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _hf(args: argparse.Namespace) -> int:
+    """``rnnzoo hf export`` / ``rnnzoo hf import``: a run as a Hugging Face directory, and back (rnnzoo.hf.convert)."""
+    from .train import ConfigError
+
+    try:
+        from transformers.utils import logging
+
+        from .hf import convert
+    except ImportError as e:
+        args.error(str(e))
+    logging.disable_progress_bar()  # the command prints one line
+    try:
+        out = (convert.export_run if args.hf_command == "export" else convert.import_run)(args.source, args.out)
+    except ConfigError as e:
+        args.error(str(e))
+    print(f"wrote {out}")
     return 0
 
 
@@ -630,6 +653,26 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--top-p", type=float, default=None)
     ge.add_argument("--seed", type=int, default=0)
     ge.set_defaults(func=_generate, error=ge.error)
+
+    hf = commands.add_parser(
+        "hf", help="convert runs to Hugging Face transformers models and back (pip install 'rnnzoo[hf]')",
+        description="Convert between `rnnzoo train` runs and Hugging Face directories (rnnzoo.hf), weights bit for bit.",
+    )  # fmt: skip
+    hf_commands = hf.add_subparsers(dest="hf_command", required=True, metavar="{export,import}")
+    hx = hf_commands.add_parser(
+        "export", help="a run as a directory that AutoModelForCausalLM.from_pretrained loads (after import rnnzoo.hf)",
+        description="Write a run's last checkpoint (or a checkpoint directory) with save_pretrained, and its tokenizer.",
+    )  # fmt: skip
+    hx.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a run directory or one of its checkpoints")
+    hx.add_argument("out", metavar="OUT_DIR", help="the Hugging Face directory to write (new or empty)")
+    hx.set_defaults(func=_hf, error=hx.error)
+    hi = hf_commands.add_parser(
+        "import", help="a Hugging Face directory of an rnnzoo model as a run for eval and generate",
+        description="Write a save_pretrained directory of an rnnzoo model as a run directory with one checkpoint.",
+    )  # fmt: skip
+    hi.add_argument("source", metavar="HF_DIR", help="a directory written by `rnnzoo hf export` or save_pretrained")
+    hi.add_argument("out", metavar="OUT_RUN", help="the run directory to write (new or empty)")
+    hi.set_defaults(func=_hf, error=hi.error)
 
     ls = commands.add_parser("list", help="print the model registry", description="Print the model registry.")
     ls.set_defaults(func=_list)

@@ -18,17 +18,6 @@ from rnnzoo.cli import main
 from rnnzoo.train import ConfigError, TrainConfig, checkpoints, load_checkpoint, load_config, train
 
 
-@pytest.fixture
-def corpus(tmp_path, monkeypatch):
-    """A small text corpus of 120 files and a private token cache."""
-    monkeypatch.setenv("RNNZOO_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "corpus"
-    root.mkdir()
-    for i in range(120):
-        (root / f"f{i:03d}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j} + {i}\n" for j in range(8)))
-    return root
-
-
 def small(corpus, **changes) -> TrainConfig:
     fields = dict(data=str(corpus), params=20_000, n_layers=2, context=32, batch_size=4, steps=12, warmup=2,
                   eval_every=6, eval_batches=2, log_every=1, checkpoint_every=4, keep_checkpoints=2, threads=1)  # fmt: skip

@@ -6,6 +6,10 @@
   windows of a row following each other, so the model's recurrent state can be carried (detached) from one
   window to the next: truncated backpropagation through time, which recurrent models allow and attention does
   not. :attr:`StatefulStreams.position` (and ``state_dict``) resumes it exactly.
+
+Both take ``rows``, a slice of the batch's rows to build: one process's share of a global batch in data-parallel
+training (:mod:`rnnzoo.train.distributed`). The rows kept are exactly those the whole batch would hold there,
+and the generator advances as for the whole batch, so the processes' shares together are the whole batch.
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ def _window(tokens: np.ndarray, starts: np.ndarray, context: int) -> tuple[Tenso
     return rows[:, :-1], rows[:, 1:]
 
 
-def random_windows(tokens: np.ndarray, batch_size: int, context: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """``(x, y)``, each ``(batch_size, context)`` int64: windows at offsets drawn from ``generator``."""
+def random_windows(
+    tokens: np.ndarray, batch_size: int, context: int, generator: torch.Generator, rows: slice | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(x, y)``, each ``(batch_size, context)`` int64: windows at offsets drawn from ``generator``; with
+    ``rows``, only those rows of the batch (all ``batch_size`` offsets are drawn either way)."""
     check_int("random_windows", "batch_size", batch_size)
     check_int("random_windows", "context", context)
     if len(tokens) < context + 1:
         raise ValueError(f"random_windows: {len(tokens)} tokens cannot fill a window of context {context} + 1")
     starts = torch.randint(len(tokens) - context, (batch_size,), generator=generator).numpy()
-    return _window(tokens, starts, context)
+    return _window(tokens, starts[rows or slice(None)], context)
 
 
 @dataclass
@@ -43,13 +50,15 @@ class StatefulStreams:
     window after window; after the last whole window of the stretches it starts again from their beginnings.
 
     Iterating yields ``(x, y, fresh)``: ``fresh`` is True for the first window of a pass, where a carried state
-    must be reset. ``position`` counts the windows served, so a run resumes by setting it.
+    must be reset. ``position`` counts the windows served, so a run resumes by setting it. With ``rows`` (a slice
+    of ``range(batch_size)``) only those streams are read: one process's share of the global batch.
     """
 
     tokens: np.ndarray
     batch_size: int
     context: int
     position: int = 0
+    rows: slice | None = None
 
     def __post_init__(self) -> None:
         check_int("StatefulStreams", "batch_size", self.batch_size)
@@ -67,7 +76,7 @@ class StatefulStreams:
 
     def __next__(self) -> tuple[Tensor, Tensor, bool]:
         window = self.position % self.windows_per_pass
-        starts = np.arange(self.batch_size) * self.stretch + window * self.context
+        starts = np.arange(self.batch_size)[self.rows or slice(None)] * self.stretch + window * self.context
         self.position += 1
         return (*_window(self.tokens, starts, self.context), window == 0)
 

@@ -10,6 +10,7 @@ O(1).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,7 @@ from ..registry import register
 from .base import EngineLayer, RecurrentState, state_dtype
 from .common import ROTARY_BASE, head_size, merge_heads, rotate, split_heads
 from .engines import AttentionEngine, AttentionInputs
+from .padding import Padding, gather_rows
 
 __all__ = ["Attention", "KVCache", "append_to_cache"]
 
@@ -40,15 +42,22 @@ class KVCache(RecurrentState):
     The next token's position is ``t`` (:attr:`position`). ``_room``, when set,
     holds the buffers that ``k`` and ``v`` are views of, with space for more
     tokens (see :func:`append_to_cache`); it is not part of the state's value.
+    ``valid`` ``(batch, t)``, when set, is False at the padding of a batch of
+    different lengths (:meth:`Attention._forward_padded`): no token attends to
+    those entries, now or later; ``pads`` ``(batch,)`` counts them, so that a
+    row's next token takes its own position (:attr:`row_position`).
     """
 
     k: Tensor
     v: Tensor
     _room: _Room | None = field(default=None, repr=False, compare=False)
     dropped: int = 0  # tokens seen before the first one stored (sliding-window attention keeps the last ones)
+    valid: Tensor | None = None
+    pads: Tensor | None = None
 
     def tensors(self) -> dict[str, Tensor]:
-        return {"k": self.k, "v": self.v}
+        masks = {} if self.valid is None else {"valid": self.valid, "pads": self.pads}
+        return {"k": self.k, "v": self.v, **masks}
 
     def engine_state(self) -> KVCache:
         return self
@@ -62,25 +71,34 @@ class KVCache(RecurrentState):
         empty = like.new_zeros(*like.shape[:2], 0, like.shape[-1])
         return cls(empty, empty.clone())
 
-    def append(self, k: Tensor, v: Tensor) -> KVCache:
+    def append(self, k: Tensor, v: Tensor, valid: Tensor | None = None) -> KVCache:
         """:func:`append_to_cache`."""
-        return append_to_cache(self, k, v)
+        return append_to_cache(self, k, v, valid)
 
     @property
     def position(self) -> int:
-        """Tokens seen so far: the position of the next one."""
+        """Entries seen so far (tokens and padding): the position of the next one."""
         return self.dropped + self.k.shape[2]
+
+    @property
+    def row_position(self) -> int | Tensor:
+        """The position of each row's next token: :attr:`position`, less the row's padding (a ``(batch,)``
+        tensor) where the cache holds some."""
+        return self.position if self.pads is None else self.position - self.pads
 
     def trimmed(self, keep: int) -> KVCache:
         """The cache of the last ``keep`` tokens only (sliding-window attention), positions kept."""
         stored = self.k.shape[2]
         if stored <= keep:
             return self
-        return KVCache(self.k[:, :, stored - keep :], self.v[:, :, stored - keep :], dropped=self.dropped + stored - keep)
+        valid = None if self.valid is None else self.valid[:, stored - keep :]
+        kept = (self.k[:, :, stored - keep :], self.v[:, :, stored - keep :])
+        return KVCache(*kept, dropped=self.dropped + stored - keep, valid=valid, pads=self.pads)
 
 
-def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
-    """The cache after the tokens ``k, v`` ``(batch, heads, n, d_head)``; ``cache`` itself stays valid.
+def append_to_cache(cache: KVCache, k: Tensor, v: Tensor, valid: Tensor | None = None) -> KVCache:
+    """The cache after the tokens ``k, v`` ``(batch, heads, n, d_head)``, padding where ``valid`` ``(batch, n)``
+    is False; ``cache`` itself stays valid.
 
     Under autograd (a tensor requires grad) by concatenation, so gradients
     reach the old cache, and likewise in a compiled graph (which keeps no buffers between calls). Otherwise the tokens are written in place into
@@ -90,6 +108,13 @@ def append_to_cache(cache: KVCache, k: Tensor, v: Tensor) -> KVCache:
     generation) copies the second branch into buffers of its own.
     """
     t, n, dropped = cache.k.shape[2], k.shape[2], cache.dropped
+    if cache.valid is not None or valid is not None:  # a padded batch: concatenated, with its mask
+        batch = k.shape[0]
+        old = cache.valid if cache.valid is not None else torch.ones(batch, t, dtype=torch.bool, device=k.device)
+        new = valid if valid is not None else torch.ones(batch, n, dtype=torch.bool, device=k.device)
+        keys, values = torch.cat([cache.k, k], 2), torch.cat([cache.v, v], 2)
+        pads = (~new).sum(1) + (0 if cache.pads is None else cache.pads)
+        return KVCache(keys, values, dropped=dropped, valid=torch.cat([old, new], 1), pads=pads)
     if t == 0:
         return KVCache(k, v, dropped=dropped)
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (cache.k, cache.v, k, v))
@@ -169,10 +194,13 @@ class Attention(EngineLayer):
 
     def engine_inputs(self, x: Tensor, state: KVCache | None = None) -> tuple[AttentionInputs, None]:
         """``(q, k, v)`` ``(batch, heads, time, d_head)`` in the state dtype, rotated from the cache's position."""
+        return self._inputs(x, 0 if state is None else state.row_position), None
+
+    def _inputs(self, x: Tensor, start: int | Tensor) -> AttentionInputs:
+        """``(q, k, v)``, rotated from position ``start`` (per row, a ``(batch,)`` tensor)."""
         heads = split_heads(self.qkv_proj(x), 3 * self.num_heads, state_dtype(x.dtype))  # q, k, v heads in turn
-        start = 0 if state is None else state.position
         q, k = rotate(heads[:, : 2 * self.num_heads], start, self.rotary_base).chunk(2, 1)
-        return AttentionInputs(q, k, heads[:, 2 * self.num_heads :], self.window), None
+        return AttentionInputs(q, k, heads[:, 2 * self.num_heads :], self.window)
 
     def read_output(self, x: Tensor, o: Tensor, cache: KVCache, carry: None) -> tuple[Tensor, KVCache]:
         return self.out_proj(merge_heads(o, x.dtype)), cache
@@ -187,7 +215,7 @@ class Attention(EngineLayer):
                 f"got {type(state).__name__}"
             )
         want = (batch_size, self.num_heads, self.head_dim)
-        for name, got in state.tensors().items():
+        for name, got in {"k": state.k, "v": state.v}.items():
             shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
             if not isinstance(got, Tensor) or got.dim() != 4 or (*got.shape[:2], got.shape[3]) != want:
                 raise ValueError(
@@ -199,6 +227,26 @@ class Attention(EngineLayer):
         if state.k.shape[2] != state.v.shape[2]:
             tokens = f"{state.k.shape[2]} and {state.v.shape[2]}"
             raise ValueError(f"Attention: `state.k` and `state.v` must hold as many tokens, got {tokens}")
+        masks = {"valid": (torch.bool, (batch_size, state.k.shape[2])), "pads": (torch.int64, (batch_size,))}
+        for name, (dtype, shape) in masks.items():
+            got = getattr(state, name)
+            if (got is None) != (state.valid is None) or (got is not None and (got.dtype, tuple(got.shape)) != (dtype, shape)):
+                found = "None" if got is None else f"{got.dtype} {tuple(got.shape)}"
+                raise ValueError(f"Attention: `state.{name}` must be {dtype} of shape {shape} with the padding mask, got {found}")
+
+    def _forward_padded(self, x: Tensor, state: KVCache | None, mode: str, padding: Padding) -> tuple[Tensor, KVCache]:
+        """Every row's keys in one cache: the rows are rotated so that their tokens end together (left padding),
+        the padding's entries masked in the cache (``KVCache.valid``) for this call and every later one, and
+        each row's tokens rotated from the row's own position (``KVCache.pads``)."""
+        index, inverse = padding.aligned("end")
+        pads = padding.time - padding.length
+        valid = Padding(pads, padding.length, padding.time).valid()
+        x_end = gather_rows(x, index).masked_fill(~valid[..., None], 0.0)
+        start = (0 if state is None else state.row_position) - pads  # the first token of each row at its position
+        inputs = dataclasses.replace(self._inputs(x_end, start), valid=valid)
+        out, cache = self._run(inputs, state, mode)
+        y, cache = self.read_output(x_end, out, cache, None)
+        return gather_rows(y, inverse).masked_fill(~padding.valid()[..., None], 0.0), cache
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_heads={self.num_heads}, head_dim={self.head_dim}"

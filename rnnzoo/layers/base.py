@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int, checking_values
 from .common import state_dtype
+from .padding import Padding, check_attention_mask, check_cu_seqlens, gather_rows, pack, select_rows, unpack
 
 if TYPE_CHECKING:
     from .engines import Engine
@@ -212,21 +213,74 @@ class SequenceLayer(nn.Module):
         return ("auto", "recurrent", *self.parallel_modes)
 
     def forward(
-        self, x: Tensor, state: RecurrentState | None = None, *, mode: str | None = None
+        self,
+        x: Tensor,
+        state: RecurrentState | None = None,
+        *,
+        mode: str | None = None,
+        attention_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, RecurrentState]:
         """Run the layer over a sequence ``x`` of shape ``(batch, time, d_model)``.
 
         Returns ``(y, state)``: ``y`` of the same shape, ``state`` the final
         recurrent state, which continues the sequence when passed back in.
+
+        Sequences of different lengths (:mod:`rnnzoo.layers.padding`): ``attention_mask`` ``(batch, time)``
+        marks each row's tokens (1) and padding (0), right or left; ``cu_seqlens`` ``(n + 1,)`` gives the
+        boundaries of ``n`` sequences packed into ``x`` ``(1, total, d_model)``, and ``state`` then has batch
+        ``n``. Each sequence runs as if alone: its outputs are its own, its final state is the state at its
+        last token (a sequence without tokens keeps its initial state), and padding gets zero outputs.
         """
         self._check_input(x, "x", ("batch", "time", "d_model"))
+        where = type(self).__name__
+        if cu_seqlens is not None:
+            if attention_mask is not None:
+                raise ValueError(f"{where}: give `attention_mask` (a padded batch) or `cu_seqlens` (a packed one), not both")
+            bounds = check_cu_seqlens(cu_seqlens, x.shape[0], x.shape[1], where)
+            padded, valid = unpack(x, bounds)
+            y, state = self(padded, state, mode=mode, attention_mask=valid)
+            return pack(y, bounds), state
         self._check_state(state, x.shape[0], x.device)
         mode = self._resolve_mode(mode, x)
+        if attention_mask is not None:
+            if torch.compiler.is_compiling():
+                raise NotImplementedError(f"{where}: `attention_mask` is not supported under torch.compile")
+            valid = check_attention_mask(attention_mask, x.shape[0], x.shape[1], where)
+            if not bool(valid.all()):
+                return self._forward_padded(x, state, mode, Padding.of(valid))
+        return self._forward_checked(x, state, mode)
+
+    def _forward_checked(self, x: Tensor, state: RecurrentState | None, mode: str) -> tuple[Tensor, RecurrentState]:
+        """:meth:`_forward`, keeping outputs before a NaN or infinity exact (:meth:`_forward_causal`)."""
         if mode != "recurrent" and checking_values():  # a compiled graph cannot branch on values
             bad = first_nonfinite_step(x)
             if bad is not None:
                 return self._forward_causal(x, state, mode, bad)
         return self._forward(x, state, mode)
+
+    def _forward_padded(
+        self, x: Tensor, state: RecurrentState | None, mode: str, padding: Padding
+    ) -> tuple[Tensor, RecurrentState]:
+        """A padded batch through the layer's own state passing. Every row is rotated so that its tokens come
+        first (padding zeroed), then the sequence runs in segments ending at each distinct row length
+        ``L_1 < L_2 < ...``, each continuing from the state the last one left; a row of length ``L_i`` takes its
+        final state from segment ``i``. Causality keeps each row's outputs its own, so this is exact for any
+        layer, at the cost of one call per distinct length. Layers whose state grows with the tokens (a KV
+        cache) cannot keep rows of different lengths in one state this way and override this."""
+        batch = x.shape[0]
+        index, inverse = padding.aligned("start")
+        tokens_first = Padding(torch.zeros_like(padding.start), padding.length, padding.time).valid()
+        x = gather_rows(x, index).masked_fill(~tokens_first[..., None], 0.0)
+        final = self.init_state(batch, x.device, x.dtype) if state is None else state
+        outputs, begin = [], 0
+        for end in sorted(set(padding.length.tolist()) - {0}):
+            y, state = self._forward_checked(x[:, begin:end], state, mode)
+            outputs.append(y)
+            final = select_rows(padding.length == end, state, final)
+            begin = end
+        y = torch.cat([*outputs, x.new_zeros(batch, padding.time - begin, *x.shape[2:])], 1)
+        return gather_rows(y, inverse).masked_fill(~padding.valid()[..., None], 0.0), final
 
     def _forward_causal(self, x: Tensor, state: RecurrentState | None, mode: str, bad: int) -> tuple[Tensor, RecurrentState]:
         """The parallel form before step ``bad``, the first holding a NaN or infinity, then the loop from it.

@@ -103,8 +103,9 @@ def lower_bound_buffer(owner: str, lower_bound: float | Tensor, size: int) -> Te
 ROTARY_BASE = 10000.0
 
 
-def rotate(u: Tensor, start: int, base: float = ROTARY_BASE) -> Tensor:
-    """Rotary position embedding of ``u`` ``(batch, heads, time, d)`` whose first token is at position ``start``.
+def rotate(u: Tensor, start: int | Tensor, base: float = ROTARY_BASE) -> Tensor:
+    """Rotary position embedding of ``u`` ``(batch, heads, time, d)`` whose first token is at position ``start``
+    (an int, or a ``(batch,)`` tensor of each row's first position).
 
     Each pair ``(u_{2i}, u_{2i+1})`` of the token at position ``n`` is rotated by
     the angle ``n θ_i``, ``θ_i = base^{-2i/d}`` (RoFormer's interleaved pairs, as
@@ -114,9 +115,13 @@ def rotate(u: Tensor, start: int, base: float = ROTARY_BASE) -> Tensor:
     accurate at any context length).
     """
     half = u.shape[-1] // 2
-    positions = torch.arange(start, start + u.shape[2], dtype=torch.float64, device=u.device)
+    positions = torch.arange(u.shape[2], dtype=torch.float64, device=u.device)
+    if isinstance(start, Tensor):  # (batch, 1, time): one row of positions per sequence
+        positions = positions + start.to(device=u.device, dtype=torch.float64)[:, None, None]
+    else:
+        positions = positions + start
     theta = base ** (-torch.arange(half, dtype=torch.float64, device=u.device) / half)
-    return rotate_pairs(u, positions[:, None] * theta)  # angles (time, d / 2)
+    return rotate_pairs(u, positions[..., None] * theta)  # angles (time, d / 2) or (batch, 1, time, d / 2)
 
 
 def rotate_pairs(u: Tensor, angle: Tensor) -> Tensor:

@@ -467,6 +467,7 @@ class AttentionInputs:
     k: Tensor
     v: Tensor
     window: int | None = None  # sliding window: keys at n - window < m <= n only
+    valid: Tensor | None = None  # (batch, T): False at padding, whose keys no token attends to
 
 
 class AttentionEngine(Engine):
@@ -485,15 +486,17 @@ class AttentionEngine(Engine):
         """Outputs of queries ``q`` ``(batch, heads, n, d)``, the cache's last ``n`` tokens, over the cache."""
         n, length = q.shape[2], cache.k.shape[2]
         window = None if window is not None and length <= window else window  # no stored key is out of reach
-        if window is None and n == 1:
+        if window is None and cache.valid is None and n == 1:
             return F.scaled_dot_product_attention(q, cache.k, cache.v)
-        if window is None and n == length:
+        if window is None and cache.valid is None and n == length:
             return F.scaled_dot_product_attention(q, cache.k, cache.v, is_causal=True)
         keys = torch.arange(length, device=q.device)
         queries = torch.arange(length - n, length, device=q.device)[:, None]
         visible = keys <= queries
         if window is not None:
             visible &= keys > queries - window
+        if cache.valid is not None:  # (batch, 1, n, length); a padding query sees itself, so no row is empty
+            visible = visible & (cache.valid[:, None, None, :] | (keys == queries))
         return F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=visible)
 
     @staticmethod
@@ -504,14 +507,15 @@ class AttentionEngine(Engine):
     def loop(self, inputs, state):
         cache = self.cache_type.empty(inputs.q) if state is None else state
         outputs = []
-        for q_t, k_t, v_t in zip(inputs.q.split(1, 2), inputs.k.split(1, 2), inputs.v.split(1, 2)):
-            cache = cache.append(k_t, v_t)
+        valid = [None] * inputs.q.shape[2] if inputs.valid is None else inputs.valid.split(1, 1)
+        for q_t, k_t, v_t, valid_t in zip(inputs.q.split(1, 2), inputs.k.split(1, 2), inputs.v.split(1, 2), valid):
+            cache = cache.append(k_t, v_t, valid_t)
             outputs.append(self._attend(q_t, cache, inputs.window))
             cache = self._keep(cache, inputs.window)
         return torch.cat(outputs, 2), cache
 
     def parallel(self, inputs, state, mode):
-        cache = (self.cache_type.empty(inputs.q) if state is None else state).append(inputs.k, inputs.v)
+        cache = (self.cache_type.empty(inputs.q) if state is None else state).append(inputs.k, inputs.v, inputs.valid)
         return self._attend(inputs.q, cache, inputs.window), self._keep(cache, inputs.window)
 
     def operator(self, inputs):

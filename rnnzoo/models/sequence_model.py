@@ -92,8 +92,9 @@ class Block(nn.Module):
     def _mlp(self, x: Tensor) -> Tensor:
         return x if self.mlp is None else x + self.mlp(self.mlp_norm(x))
 
-    def forward(self, x: Tensor, state: RecurrentState | None, mode: str | None) -> tuple[Tensor, RecurrentState]:
-        y, state = self.mixer(self.mixer_norm(x), state, mode=mode)
+    def forward(self, x: Tensor, state: RecurrentState | None, mode: str | None, **lengths) -> tuple[Tensor, RecurrentState]:
+        """``lengths``: the mixer's ``attention_mask`` or ``cu_seqlens`` (the norms and the MLP act per token)."""
+        y, state = self.mixer(self.mixer_norm(x), state, mode=mode, **lengths)
         return self._mlp(x + y), state
 
     def step(self, x_t: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState]:
@@ -207,16 +208,27 @@ class SequenceModel(nn.Module):
         return [block.mixer.init_state(batch_size, device=device, dtype=dtype) for block in self.blocks]
 
     def forward(
-        self, tokens: Tensor, state: Sequence[RecurrentState] | None = None, *, mode: str | None = None
+        self,
+        tokens: Tensor,
+        state: Sequence[RecurrentState] | None = None,
+        *,
+        mode: str | None = None,
+        attention_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, list[RecurrentState]]:
         """``tokens`` ``(batch, time)`` of ids in ``[0, vocab_size)`` -> ``(logits (batch, time, num_classes),
-        state)``; ``mode`` goes to every mixer (``"recurrent"``, ``"auto"`` or a parallel mode they all offer)."""
+        state)``; ``mode`` goes to every mixer (``"recurrent"``, ``"auto"`` or a parallel mode they all offer).
+
+        Sequences of different lengths: ``attention_mask`` ``(batch, time)`` (1 at a token, 0 at right or left
+        padding) or ``cu_seqlens`` (``n`` sequences packed into ``tokens`` ``(1, total)``), as every layer takes
+        them (:meth:`~rnnzoo.layers.base.SequenceLayer.forward`): each sequence runs as if alone."""
         self._check_tokens(tokens, "tokens", ("batch", "time"))
         states = self._check_state(state)
+        lengths = {k: v for k, v in (("attention_mask", attention_mask), ("cu_seqlens", cu_seqlens)) if v is not None}
         x = self.embedding(tokens)
         new_states = []
         for block, s in zip(self.blocks, states):
-            x, s = block(x, s, mode)
+            x, s = block(x, s, mode, **lengths)
             new_states.append(s)
         return self.head(self.norm(x)), new_states
 

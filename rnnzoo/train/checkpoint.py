@@ -3,7 +3,9 @@
 ``<out>/checkpoints/step_00001000/`` holds ``model.safetensors`` (the weights, with each layer's configuration),
 ``trainer.pt`` (optimizer, schedule, random generators, data position, carried states, step) and
 ``config.json`` and ``tokenizer.json``. A checkpoint is written into a hidden temporary directory and renamed
-into place, so a run killed at any moment leaves only whole checkpoints; the last ``keep`` are kept.
+into place, so a run killed at any moment leaves only whole checkpoints; the last ``keep`` are kept. The
+weights are the bare model's and the carried states the whole global batch's, whatever the number of processes
+that wrote them, so any number of processes resumes from it.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out: Path, step: int, model: torch.nn.Module, trainer: dict, config: dict, tokenizer: str, keep: int) -> Path:
+def save_checkpoint(
+    out: Path, step: int, model: torch.nn.Module, trainer: dict, config: dict, tokenizer: str, keep: int
+) -> Path:
     """Write the checkpoint of ``step`` atomically, then drop all but the last ``keep``."""
     folder = Path(out) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,12 +59,17 @@ def save_checkpoint(out: Path, step: int, model: torch.nn.Module, trainer: dict,
 
 
 def load_checkpoint(path: Path) -> tuple[dict, dict, dict, str]:
-    """``(weights, trainer state, config, tokenizer JSON)`` of a checkpoint directory."""
+    """``(weights, trainer state, config, tokenizer JSON)`` of a checkpoint directory, on the CPU."""
     path = Path(path)
-    missing = [n for n in ("model.safetensors", "trainer.pt", "config.json", "tokenizer.json") if not (path / n).is_file()]
+    missing = [
+        n for n in ("model.safetensors", "trainer.pt", "config.json", "tokenizer.json") if not (path / n).is_file()
+    ]
     if missing:
         raise ValueError(f"checkpoint {path}: not an rnnzoo checkpoint (missing {', '.join(missing)})")
-    trainer = torch.load(path / "trainer.pt", weights_only=False)
-    return load_file(path / "model.safetensors"), trainer, json.loads((path / "config.json").read_text()), (
-        path / "tokenizer.json"
-    ).read_text()
+    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)  # whatever device wrote it
+    return (
+        load_file(path / "model.safetensors"),
+        trainer,
+        json.loads((path / "config.json").read_text()),
+        (path / "tokenizer.json").read_text(),
+    )

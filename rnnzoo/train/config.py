@@ -13,7 +13,9 @@ import tomllib
 
 from ..models.sequence_model import mixer_pattern
 
-__all__ = ["PRESETS", "ConfigError", "TrainConfig", "load_config"]
+__all__ = ["DEVICES", "PRESETS", "ConfigError", "TrainConfig", "load_config"]
+
+DEVICES = ("cpu", "cuda", "auto")  # "auto": CUDA where there is a GPU, else the CPU
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,7 @@ class TrainConfig:
     bf16: bool = False  # autocast to bfloat16 (states and accumulation stay float32)
     seed: int = 0
     threads: int = 0  # torch threads (0: torch's default)
+    device: str = "cpu"  # "cpu", "cuda" (under torchrun: each process the GPU of its LOCAL_RANK) or "auto"
     # evaluation, logging, checkpoints
     eval_every: int = 200  # steps between validation passes
     eval_batches: int = 16  # validation windows per pass: eval_batches × batch_size, fixed per run
@@ -91,6 +94,8 @@ class TrainConfig:
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"`device` must be one of {', '.join(DEVICES)}, got {self.device!r}")
         try:
             mixer_pattern(self.mixer)
         except ValueError as e:

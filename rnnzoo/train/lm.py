@@ -9,6 +9,11 @@ at every position, backward, gradient clipping, AdamW with linear warm-up then c
 holds ``config.json``, ``metrics.jsonl`` (one line per log and per evaluation), ``loss.png`` and the checkpoints
 (:mod:`rnnzoo.train.checkpoint`). Resuming restores weights, optimizer, schedule, random generators, the data
 position and carried states, so the resumed run computes the same losses as an uninterrupted one.
+
+Under ``torchrun`` the processes train one model on the same global batch (:mod:`rnnzoo.train.distributed`):
+each computes its rows, DistributedDataParallel averages the gradients, the logged loss and the validation
+figures are the global ones, and the main process alone writes the run directory and prints. A checkpoint
+holds the whole batch's carried states, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from ..data import (
     ByteTokenizer,
     IdTokenizer,
     StatefulStreams,
+    Tokenizer,
     TokenSplit,
     bits_per_byte,
     open_corpus,
@@ -42,6 +48,7 @@ from ..data import (
 from ..models import SequenceModel, size_model
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
+from .distributed import Processes, from_environment, gradient_sync
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -50,7 +57,7 @@ __all__ = ["RESUMABLE_CHANGES", "TrainResult", "build_model", "evaluate", "learn
 
 EVAL_SEED = 2**31 - 1  # the validation windows' generator: the same windows at every evaluation
 # fields a resumed run may change: they decide how long and how often, not what is computed
-RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "threads")
+RESUMABLE_CHANGES = ("steps", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "threads", "device")
 
 
 @dataclass
@@ -91,18 +98,27 @@ def _optimizer(model: SequenceModel, config: TrainConfig) -> torch.optim.AdamW:
 
 
 @torch.no_grad()
-def evaluate(model: SequenceModel, split: TokenSplit, config: TrainConfig) -> dict[str, float]:
-    """Validation loss (nats per token), bits per byte and perplexity over ``eval_batches`` fixed batches."""
+def evaluate(
+    model: SequenceModel, split: TokenSplit, config: TrainConfig, processes: Processes | None = None
+) -> dict[str, float]:
+    """Validation loss (nats per token), bits per byte and perplexity over ``eval_batches`` fixed batches, on
+    the model's device. Data-parallel ``processes`` each take their rows of every batch and sum the losses, so
+    they report what one process does."""
+    processes = processes or Processes()
+    device = next(model.parameters()).device
     model.eval()
     generator = torch.Generator().manual_seed(EVAL_SEED)
+    rows = processes.rows(config.batch_size)
     total, count = 0.0, 0
     for _ in range(config.eval_batches):
-        x, y = random_windows(split.tokens, config.batch_size, config.context, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        x, y = random_windows(split.tokens, config.batch_size, config.context, generator, rows)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             logits, _ = model(x)
         total += float(F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum"))
         count += y.numel()
     model.train()
+    total, count = processes.sum([total, count])
     loss = total / count
     bpb = bits_per_byte(loss, len(split.tokens), split.text_bytes) if split.text_bytes else loss / math.log(2)
     return {"val_loss": loss, "val_bpb": bpb, "val_ppl": math.exp(min(loss, 700))}
@@ -130,7 +146,9 @@ def _data(config: TrainConfig, saved_tokenizer: str | None):
     vocab = tokenizer.vocab_size
     for name, split in (("train", train_split), ("validation", val_split)):
         if len(split.tokens) < config.context + 1:
-            raise ConfigError(f"`context`={config.context} is longer than the {name} split ({len(split.tokens)} tokens)")
+            raise ConfigError(
+                f"`context`={config.context} is longer than the {name} split ({len(split.tokens)} tokens)"
+            )
     return tokenizer, train_split, val_split, vocab
 
 
@@ -159,18 +177,21 @@ def _check_resume(config: TrainConfig, saved: dict) -> None:
 
 
 class _Metrics:
-    """``metrics.jsonl``: appended line by line; on resume cut back to the checkpoint's step."""
+    """``metrics.jsonl``: appended line by line; on resume cut back to the checkpoint's step. With no ``path``
+    (a data-parallel process other than the main one) the records are kept in memory only."""
 
-    def __init__(self, path: Path, resume_step: int | None) -> None:
+    def __init__(self, path: Path | None, resume_step: int | None) -> None:
         self.path = path
-        lines = path.read_text().splitlines() if path.exists() and resume_step is not None else []
+        lines = path.read_text().splitlines() if path is not None and path.exists() and resume_step is not None else []
         self.records = [r for r in map(json.loads, lines) if r["step"] <= resume_step]
-        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        if path is not None:
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def add(self, record: dict) -> None:
         self.records.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def plot_losses(records: list[dict], path: Path, title: str) -> None:
@@ -229,8 +250,11 @@ def train(
     console: Console | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train (or, with ``resume``, continue) the run in ``out``; see the module docstring."""
+    """Train (or, with ``resume``, continue) the run in ``out``; see the module docstring. Under ``torchrun``
+    every process calls it: they train one model together (:mod:`rnnzoo.train.distributed`), the main process
+    alone writing ``out`` and printing to ``console``."""
     out = Path(out)
+    processes = from_environment(config.device, config.batch_size)
     latest = latest_checkpoint(out)
     if latest is not None and not resume:
         raise ConfigError(f"--out {out} holds checkpoints already: pass --resume to continue, or choose another --out")
@@ -239,14 +263,41 @@ def train(
         _check_resume(config, saved[2])
     if config.threads:
         torch.set_num_threads(config.threads)
-    tokenizer, train_split, val_split, vocab = _data(config, None if saved is None else saved[3])
+    processes.join()
+    return _train(config, out, saved, processes, console if processes.is_main else None, on_step)
+
+
+def _shared_data(
+    config: TrainConfig, saved_tokenizer: str | None, processes: Processes
+) -> tuple[Tokenizer, TokenSplit, TokenSplit, int]:
+    """:func:`_data` on the main process first (which trains a BPE tokenizer and fills the token cache), then
+    on the others with its tokenizer, so that every process reads the same tokens."""
+    data = _data(config, saved_tokenizer) if processes.is_main else None
+    tokenizer = processes.broadcast(data[0].to_json() if processes.is_main else None)
+    return data if processes.is_main else _data(config, tokenizer)
+
+
+def _train(
+    config: TrainConfig,
+    out: Path,
+    saved: tuple | None,
+    processes: Processes,
+    console: Console | None,
+    on_step: Callable[[int], None] | None,
+) -> TrainResult:
+    """:func:`train` in this process, once the run is checked and the processes have joined."""
+    main, device = processes.is_main, processes.device
+    tokenizer, train_split, val_split, vocab = _shared_data(config, None if saved is None else saved[3], processes)
     torch.manual_seed(config.seed)
-    model = build_model(config, vocab)
+    model = build_model(config, vocab).to(device)
     if config.stateful:
         _check_carried_state_is_bounded(model)
     optimizer = _optimizer(model, config)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    streams = StatefulStreams(train_split.tokens, config.batch_size, config.context) if config.stateful else None
+    rows = processes.rows(config.batch_size)
+    streams = None
+    if config.stateful:
+        streams = StatefulStreams(train_split.tokens, config.batch_size, config.context, rows=rows)
     carried, step = None, 0
     if saved is not None:
         weights, trainer, *_ = saved
@@ -256,25 +307,30 @@ def train(
         torch.set_rng_state(trainer["torch_rng"])
         if streams is not None:
             streams.load_state_dict(trainer["streams"])
-        carried, step = trainer["carried"], trainer["step"]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", config.to_dict())
-    metrics = _Metrics(out / "metrics.jsonl", step if saved is not None else None)
-    tokens_per_step = config.batch_size * config.context * config.grad_accum
+        carried, step = processes.own_rows(trainer["carried"], config.batch_size), trainer["step"]
+    parallel = processes.wrap(model)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", config.to_dict())
+    metrics = _Metrics(out / "metrics.jsonl" if main else None, step if saved is not None else None)
+    tokens_per_step = config.batch_size * config.context * config.grad_accum  # the global batch's
     say = console.print if console is not None else (lambda *a, **k: None)
     say(f"{model.mixer_name}: {model.num_parameters():,} parameters, d_model {model.d_model}, vocabulary {vocab}, "
-        f"{len(train_split):,} training tokens; {'resuming at step ' + str(step) if step else 'from scratch'}",
-        highlight=False)  # fmt: skip
+        f"{len(train_split):,} training tokens; {'resuming at step ' + str(step) if step else 'from scratch'}"
+        + (f"; {processes.world_size} processes" if processes.world_size > 1 else ""), highlight=False)  # fmt: skip
 
     def checkpoint(at: int) -> None:
+        carried_global = processes.gather_rows(carried)  # every process takes part; the main one writes
+        if not main:
+            return
         trainer_state = {
             "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-            "streams": None if streams is None else streams.state_dict(), "carried": carried, "step": at,
+            "streams": None if streams is None else streams.state_dict(), "carried": carried_global, "step": at,
         }  # fmt: skip
         save_checkpoint(out, at, model, trainer_state, config.to_dict(), tokenizer.to_json(), config.keep_checkpoints)
 
     bar = _ProgressBar(console, config.steps, step)
-    start, window_loss, window_tokens, window_start = time.perf_counter(), 0.0, 0, time.perf_counter()
+    start, window_loss, window_steps, window_start = time.perf_counter(), 0.0, 0, time.perf_counter()
     last_eval = next((r for r in reversed(metrics.records) if "val_loss" in r), None)
     model.train()
     try:
@@ -284,17 +340,19 @@ def train(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for _ in range(config.grad_accum):
+            for micro in range(config.grad_accum):
                 if streams is None:
-                    x, y = random_windows(train_split.tokens, config.batch_size, config.context, generator)
+                    x, y = random_windows(train_split.tokens, config.batch_size, config.context, generator, rows)
                     state = None
                 else:
                     x, y, fresh = next(streams)
                     state = None if fresh or carried is None else carried
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                    logits, new_state = model(x, state)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-                (loss / config.grad_accum).backward()
+                x, y = x.to(device), y.to(device)
+                with gradient_sync(parallel, micro == config.grad_accum - 1):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                        logits, new_state = parallel(x, state)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+                    (loss / config.grad_accum).backward()
                 step_loss += float(loss.detach()) / config.grad_accum
                 if streams is not None:
                     carried = [s.detach() for s in new_state]
@@ -302,19 +360,21 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             step += 1
-            window_loss, window_tokens = window_loss + step_loss, window_tokens + tokens_per_step
+            window_loss, window_steps = window_loss + step_loss, window_steps + 1
             if step % config.log_every == 0 or step == config.steps:
                 now = time.perf_counter()
-                steps_in_window = window_tokens // tokens_per_step
-                record = {"step": step, "tokens": step * tokens_per_step, "loss": window_loss / steps_in_window, "lr": lr,
-                          "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}  # fmt: skip
+                (window_loss,) = processes.sum([window_loss / processes.world_size])  # the mean of equal shares
+                record = {"step": step, "tokens": step * tokens_per_step, "loss": window_loss / window_steps, "lr": lr,
+                          "tokens_per_s": window_steps * tokens_per_step / max(now - window_start, 1e-9)}  # fmt: skip
                 metrics.add(record)
                 bar.update(step, record)
-                window_loss, window_tokens, window_start = 0.0, 0, now
+                window_loss, window_steps, window_start = 0.0, 0, now
             if step % config.eval_every == 0 or step == config.steps:
-                last_eval = {"step": step, "tokens": step * tokens_per_step, **evaluate(model, val_split, config)}
+                scores = evaluate(model, val_split, config, processes)
+                last_eval = {"step": step, "tokens": step * tokens_per_step, **scores}
                 metrics.add(last_eval)
-                plot_losses(metrics.records, out / "loss.png", f"{model.mixer_name} on {config.data}")
+                if main:
+                    plot_losses(metrics.records, out / "loss.png", f"{model.mixer_name} on {config.data}")
                 say(f"step {step:,}/{config.steps:,}  tokens {last_eval['tokens']:,}  "
                     f"val loss {last_eval['val_loss']:.4f}  bpb {last_eval['val_bpb']:.3f}", highlight=False)  # fmt: skip
             if step % config.checkpoint_every == 0 or step == config.steps:
