@@ -94,9 +94,47 @@ def _train_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def decode_models() -> tuple[str, ...]:
+    from .bench.decode import DEFAULT_MODELS
+
+    return DEFAULT_MODELS
+
+
+def _decode(args: argparse.Namespace) -> int:
+    """Greedy decoding, eager against compiled step, for each chosen model; write JSON."""
+    import dataclasses
+
+    from .bench import decode
+
+    if args.quick or args.step or args.mode or args.forward_only or args.train_step:
+        args.error("--decode times greedy decoding; drop --quick/--step/--mode/--forward-only/--train-step")
+    _check_output_file(args, "--json", Path(args.json))
+    names = args.model or list(decode.DEFAULT_MODELS)
+    unknown = [n for n in names if n not in {m.name for m in list_models()}]
+    if unknown:
+        args.error(f"--decode needs registered models; unknown: {', '.join(unknown)} (see `rnnzoo list`)")
+    context, params, rounds, threads = args.length or 8192, args.params or 1_000_000, args.rounds or 5, args.threads or 1
+    head = speed.header(threads, "cpu", ["rnnzoo", *args.argv])
+    console = _console()
+    with console.status("decoding (the first compiled call compiles, seconds)"):
+        rows = decode.measure(names, context=context, tokens=100, params=params, n_layers=4, rounds=rounds, threads=threads)
+    head.update(context=context, params=params, rounds=rounds)
+    caption = (
+        f"{head['date']}, prompt {context:,} tokens, ~{params:,} parameters, 4 blocks, {threads} thread(s), medians "
+        f"of {rounds} rounds of 100 tokens; {head['cpu']}, load average {head['loadavg_1min']} at start"
+    )
+    decode.report(rows, console, caption)
+    write_json_atomic(args.json, {"header": head, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2)
+    console.print(f"wrote {args.json}")
+    return 0 if all(r.same_tokens for r in rows) else 1
+
+
 def _speed(args: argparse.Namespace) -> int:
     """Time the chosen targets (or the --quick suite, or --step rows), print the tables, write the JSON."""
+    if args.decode:
+        return _decode(args)
     if args.train_step:
+        args.params, args.rounds = args.params or 30_000, args.rounds or 15
         return _train_step(args)
     _check_output_file(args, "--json", Path(args.json))
     args.batch, args.length, args.threads = args.batch or 8, args.length or 1024, args.threads or 2
@@ -444,7 +482,7 @@ def _generate(args: argparse.Namespace) -> int:
     try:
         run = load_run(args.checkpoint)
         pieces = timed(stream_text(run, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                                   args.seed))  # fmt: skip
+                                   args.seed, args.compile))  # fmt: skip
         sys.stdout.write(args.prompt)
         seconds, count = 0.0, 0
         for piece, seconds in pieces:
@@ -652,6 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--top-k", type=_positive_int, default=None)
     ge.add_argument("--top-p", type=float, default=None)
     ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="decode with the compiled step (default: from 2,000 new tokens, for models without a KV cache)",
+    )  # fmt: skip
     ge.set_defaults(func=_generate, error=ge.error)
 
     hf = commands.add_parser(
@@ -716,8 +758,17 @@ def build_parser() -> argparse.ArgumentParser:
             "thread, round-robin; reports each model's ratio to lstm"
         ),
     )
-    sp.add_argument("--params", type=_positive_int, default=30_000, help="--train-step model size (default 30000)")
-    sp.add_argument("--rounds", type=_positive_int, default=15, help="--train-step timed rounds (default 15)")
+    sp.add_argument(
+        "--decode",
+        action="store_true",
+        help=(
+            "greedy decoding of a ~1M-parameter 4-block LM around each --model (default: "
+            f"{', '.join(decode_models())}) after a prompt of --length tokens (default 8192): eager step against "
+            "the compiled step, interleaved rounds of 100 tokens, one thread; reports tokens/s, ratio, same tokens"
+        ),
+    )
+    sp.add_argument("--params", type=_positive_int, help="--train-step / --decode model size (default 30000 / 1000000)")
+    sp.add_argument("--rounds", type=_positive_int, help="--train-step / --decode timed rounds (default 15 / 5)")
     sp.add_argument("--json", default="speed.json", metavar="PATH", help="output file (default speed.json)")
     sp.add_argument(
         "--quick",

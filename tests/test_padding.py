@@ -23,7 +23,7 @@ def _row(state, i: int):
 
 
 def _padded(seqs: list[torch.Tensor], time: int, side: str) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
-    x = torch.full((len(seqs), time, D_MODEL), float("nan"))
+    x = torch.full((len(seqs), time, D_MODEL), float("nan"), device=seqs[0].device)
     mask = torch.zeros(len(seqs), time, dtype=torch.long)
     spans = [slice(0, len(s)) if side == "right" else slice(time - len(s), time) for s in seqs]
     for i, (s, span) in enumerate(zip(seqs, spans)):
@@ -34,14 +34,14 @@ def _padded(seqs: list[torch.Tensor], time: int, side: str) -> tuple[torch.Tenso
 def _check_each_alone(layer, seqs, y_rows, state, initial=None) -> None:
     """Row i's outputs and its final state (compared directly, and by continuing with the same tokens) are
     those of sequence i run alone from row i of ``initial``."""
-    follow = torch.randn(1, 3, D_MODEL)
+    follow = torch.randn(1, 3, D_MODEL, device=state.tensors()["k" if "k" in state.tensors() else next(iter(state.tensors()))].device)
     for i, (s, y) in enumerate(zip(seqs, y_rows)):
         start = None if initial is None else _row(initial, i)
         if len(s):
             y_alone, alone = layer(s[None], start)
             torch.testing.assert_close(y, y_alone[0], **TOLERANCE)
         else:
-            alone = layer.init_state(1) if start is None else start
+            alone = layer.init_state(1, device=follow.device) if start is None else start
         if all(v.shape == state.tensors()[k][i : i + 1].shape for k, v in alone.tensors().items()):
             for k, v in alone.tensors().items():
                 torch.testing.assert_close(state.tensors()[k][i : i + 1], v, **TOLERANCE, msg=f"row {i}, state {k}")
@@ -50,12 +50,12 @@ def _check_each_alone(layer, seqs, y_rows, state, initial=None) -> None:
 
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("name", MODELS)
-def test_padded_batch_runs_each_sequence_alone(name, side):
+def test_padded_batch_runs_each_sequence_alone(name, side, device):
     torch.manual_seed(0)
-    layer = rnnzoo.create(name, d_model=D_MODEL)
-    seqs = [torch.randn(n, D_MODEL) for n in LENGTHS]
+    layer = rnnzoo.create(name, d_model=D_MODEL, device=device)
+    seqs = [torch.randn(n, D_MODEL, device=device) for n in LENGTHS]
     x, mask, spans = _padded(seqs, max(LENGTHS), side)
-    y, state = layer(x, attention_mask=mask)
+    y, state = layer(x, attention_mask=mask.to(device))
     assert not y.isnan().any(), "padding (NaN here) reaches no output"
     for i, span in enumerate(spans):
         assert (y[i][~mask[i].bool()] == 0).all(), "padding gets zero outputs"

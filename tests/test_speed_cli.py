@@ -263,3 +263,18 @@ def test_an_unwritable_json_path_exits_2_before_timing(tmp_path, capsys):
             main(["speed", "--model", "mingru", *extra, "--json", str(tmp_path / "missing" / "x.json")])
         assert exc.value.code == 2 and "cannot write there" in capsys.readouterr().err
 
+
+
+def test_decode_times_eager_and_compiled_steps(tmp_path):
+    out = tmp_path / "decode.json"
+    args = ["speed", "--decode", "--model", "mingru", "--length", "16", "--params", "20000", "--rounds", "1",
+            "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["model"] == "mingru" and row["same_tokens"]
+    assert row["ratio"] == pytest.approx(row["compiled_tokens_per_s"] / row["eager_tokens_per_s"])
+
+
+def test_compiled_mode_is_timed_only_when_asked_for():
+    assert "compiled" not in {s.mode for s in speed.make_specs(["gla"], (2, 16, 8))}
+    assert [s.mode for s in speed.make_specs(["gla"], (2, 16, 8), modes=["compiled"])] == ["compiled"]

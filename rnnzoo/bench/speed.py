@@ -81,6 +81,7 @@ MATMUL = "matmul"
 BASELINES = ("cumsum", "nn.GRU", "nn.LSTM", MATMUL)
 BASELINE_MODE = "torch"
 STEP = "step"  # the mode of step rows
+COMPILED = "compiled"  # a layer under torch.compile(fullgraph=True) in its "auto" form: timed only when asked for
 ANY = "*"  # a headline's target or vs target matching any
 QUICK_LAYER_SHAPE = (8, 512, 64)  # (B, T, d) at which --quick times every registered layer (keeps --quick < 2 min)
 STEP_CONTEXTS = (1024, 65536)  # the step headline's contexts (batch 1, d_model 64)
@@ -220,7 +221,7 @@ def target_names() -> list[str]:
 
 def target_modes(target: str) -> tuple[str, ...]:
     """A target's timeable modes, parallel forms first (``auto`` is left out: it is one of them; ``step`` is
-    timed by :func:`step_specs`)."""
+    timed by :func:`step_specs`); a layer's last, :data:`COMPILED`, runs only when named."""
     if target == ENGINE:
         return ("scan", "recurrent")
     if target in HEAD_ENGINES:
@@ -229,7 +230,7 @@ def target_modes(target: str) -> tuple[str, ...]:
         return (BASELINE_MODE,)
     if target not in {m.name for m in list_models()}:
         raise ValueError(f"unknown model {target!r}; valid names: {', '.join(target_names())}")
-    return (*model_info(target).cls.parallel_modes, "recurrent")
+    return (*model_info(target).cls.parallel_modes, "recurrent", COMPILED)
 
 
 def make_specs(
@@ -253,7 +254,7 @@ def make_specs(
             raise ValueError(f"unknown mode {mode!r} for {', '.join(offered)}; valid modes: {', '.join(valid)}")
     specs = []
     for target, offers in offered.items():
-        chosen = [m for m in offers if not modes or len(offers) == 1 or m in modes]
+        chosen = [m for m in offers if (m in modes if modes else m != COMPILED) or len(offers) == 1]
         if not chosen:
             raise ValueError(f"{target} has none of the modes {', '.join(modes)}; its modes: {', '.join(offers)}")
         specs += [Spec(target, mode, *shape, dtype) for mode in chosen]
@@ -350,6 +351,11 @@ def _leaf(spec: Spec, device: torch.device) -> Tensor:
 def _layer_workload(spec: Spec, device: torch.device) -> Workload:
     layer = create(spec.target, spec.d_model).to(device, DTYPES[spec.dtype])
     x = _leaf(spec, device)
+    if spec.mode == COMPILED:  # compiled by the first (untimed) calls
+        # every layer class shares SequenceLayer.forward, whose compiled versions dynamo caps (8 by default)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        compiled = torch.compile(layer, fullgraph=True)
+        return (lambda: compiled(x)[0]), [x, *layer.parameters()]
     return (lambda: layer(x, mode=spec.mode)[0]), [x, *layer.parameters()]
 
 

@@ -91,7 +91,20 @@ def causal_conv1d(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor 
     """
     if state is not None:
         state = state.to(x.dtype)
-    return _causal_conv(x.contiguous(), state, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    weight, bias = weight.to(x.dtype), None if bias is None else bias.to(x.dtype)
+    if torch.compiler.is_compiling():  # plain operations, which the compiler fuses (a step's K multiply-adds)
+        return _traced_causal_conv(x, state, weight, bias)
+    return _causal_conv(x.contiguous(), state, weight, bias)
+
+
+def _traced_causal_conv(x: Tensor, state: Tensor | None, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The equation of :class:`_CausalConv` in differentiable operations, for compiled graphs."""
+    batch, length, channels = x.shape
+    taps, size = _taps(weight), weight.shape[-1]
+    before = x.new_zeros(batch, size - 1, channels) if state is None else state.mT
+    padded = torch.cat([before, x], 1)
+    y = sum(padded[:, k : k + length] * taps[k] for k in range(size))
+    return (y if bias is None else y + bias), padded[:, length:].mT.contiguous()
 
 
 class CausalConv1d(nn.Module):

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from .._checks import check_int
 from ..ops.newton import DEFAULT_MAX_ITERS, SEQUENTIAL_BELOW, Cell, NewtonInfo, nonlinear_recurrence
-from ..ops.opaque import traceable
 from ..registry import register
 from .base import DiagonalState, RecurrentState, SequenceLayer, state_dtype
 from .common import head_size
@@ -246,13 +245,6 @@ class ParaLSTMState(RecurrentState):
 
 
 
-def _head_projection_shapes(x: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor]:
-    heads, k, gates, _ = weight.shape
-    return (x.new_empty(*x.shape[:-1], heads, gates, k),)
-
-
-_head_projection = traceable(_HeadProjection, _head_projection_shapes)
-
 class _ParaRNN(SequenceLayer):
     """Shared shell: a block-diagonal input projection to the gates' pre-activations, diagonal recurrent weights,
     the engine.
@@ -316,8 +308,12 @@ class _ParaRNN(SequenceLayer):
 
     def _preactivations(self, x: Tensor) -> Tensor:
         """``B x + b`` of every gate, per head: ``(..., num_heads, n_gates, d_model / num_heads)``
-        (:class:`_HeadProjection`)."""
-        return _head_projection(x, self.in_weight, self.in_bias)[0]
+        (:class:`_HeadProjection`; traced, as one einsum the compiler and exporters take)."""
+        if torch.compiler.is_compiling():
+            heads, k, gates, _ = self.in_weight.shape
+            bias = self.in_bias.view(gates, heads, k).transpose(0, 1)
+            return torch.einsum("...hi,higj->...hgj", x.unflatten(-1, (heads, k)), self.in_weight) + bias
+        return _HeadProjection.apply(x, self.in_weight, self.in_bias)
 
     def _scratch(self, x: Tensor) -> tuple[Tensor]:
         """The engine's ``rebuild_xs``: ``pre`` is the layer's own intermediate, so Newton's backward may write its

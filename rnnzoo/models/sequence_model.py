@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_int, checking_values
 from ..layers.base import RecurrentState
 from ..registry import create, model_info
 
@@ -254,11 +256,20 @@ class SequenceModel(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         top_p: float | None = None,
+        compile: bool | None = None,
     ) -> Tensor:
         """Continue ``prompt`` ``(batch, time)`` by ``max_new_tokens`` sampled tokens; returns
         ``(batch, time + max_new_tokens)`` (:meth:`stream` gives them one at a time)."""
-        new = list(self.stream(prompt, max_new_tokens, temperature, top_k, generator, top_p))
+        new = list(self.stream(prompt, max_new_tokens, temperature, top_k, generator, top_p, compile))
         return torch.cat([prompt, *(t.unsqueeze(1) for t in new)], dim=1)
+
+    def compiled_step(self) -> Callable[[Tensor, Sequence[RecurrentState]], tuple[Tensor, list[RecurrentState]]]:
+        """:meth:`step` compiled whole (``torch.compile``, ``fullgraph=True``), made once per model: one fused
+        program per token instead of one kernel launch per operation of every layer. Eager :meth:`step` takes
+        over, with a warning, if compiling fails."""
+        if self not in _COMPILED_STEPS:
+            _COMPILED_STEPS[self] = _with_eager_fallback(torch.compile(self.step, fullgraph=True, dynamic=False), self.step)
+        return _COMPILED_STEPS[self]
 
     @torch.no_grad()
     def stream(
@@ -269,10 +280,15 @@ class SequenceModel(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         top_p: float | None = None,
+        compile: bool | None = None,
     ) -> Iterator[Tensor]:
         """Sample ``max_new_tokens`` tokens after ``prompt`` ``(batch, time)``, yielding each ``(batch,)`` as it
         comes. The prompt runs in parallel, then each new token costs one :meth:`step` (the recurrent state:
         O(1) per token; attention's cache, O(context); a sliding window's, O(window)).
+
+        ``compile``: whether the steps run :meth:`compiled_step`, the same tokens several times faster once
+        compiled (seconds, once per model and shapes). ``None`` (default) compiles for at least
+        :data:`COMPILE_FROM` new tokens when no layer keeps a cache (a cache changes shape every step).
 
         Sampling from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and to the
         smallest set whose probability reaches ``top_p`` (nucleus; all if ``None``); ``temperature=0`` is greedy.
@@ -291,13 +307,16 @@ class SequenceModel(nn.Module):
             check_int(where, "top_k", top_k)
         if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
             raise ValueError(f"{where}: `top_p` must be a number in (0, 1], got {top_p!r}")
+        if compile is None:
+            compile = max_new_tokens >= COMPILE_FROM and not any(holds_cache(block.mixer) for block in self.blocks)
+        step = self.compiled_step() if compile else self.step
         logits, state = self(prompt)
         logits = logits[:, -1]
         for i in range(max_new_tokens):
             token = _sample(logits, temperature, top_k, generator, top_p)
             yield token
             if i + 1 < max_new_tokens:
-                logits, state = self.step(token, state)
+                logits, state = step(token, state)
 
     def extra_repr(self) -> str:
         return f"mixer={self.mixer_name!r}, mixer_kwargs={self.mixer_kwargs}, parameters={self.num_parameters():,}"
@@ -312,6 +331,8 @@ class SequenceModel(nn.Module):
             raise TypeError(f"{where}: `{name}` must be a torch.long tensor of token ids {shape}, got {got}")
         if tokens.dim() != len(dims) or 0 in tokens.shape:
             raise ValueError(f"{where}: `{name}` must have non-empty shape {shape}, got {tuple(tokens.shape)}")
+        if not checking_values():  # a compiled graph cannot read the ids
+            return
         low, high = tokens.min().item(), tokens.max().item()
         if low < 0 or high >= self.vocab_size:
             raise ValueError(
@@ -329,6 +350,31 @@ class SequenceModel(nn.Module):
                 f"or step), got {got}"
             )
         return state
+
+
+COMPILE_FROM = 2000  # new tokens from which generation compiles its step by default (compiling takes seconds)
+_COMPILED_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def holds_cache(layer: nn.Module) -> bool:
+    """Whether ``layer``'s state is a cache that grows with the tokens (attention's), not a fixed-size state."""
+    return any(0 in t.shape for t in layer.init_state(1, device="meta").tensors().values())
+
+
+def _with_eager_fallback(compiled: Callable, eager: Callable) -> Callable:
+    """``compiled``, or ``eager`` from the first call on which compiling fails (with a warning)."""
+    use = [compiled]
+
+    def step(*args):
+        if use[0] is compiled:
+            try:
+                return compiled(*args)
+            except Exception as e:  # noqa: BLE001 - a genuine input error is raised again by the eager call
+                warnings.warn(f"compiled step failed ({type(e).__name__}: {e}); decoding eagerly", stacklevel=3)
+                use[0] = eager
+        return eager(*args)
+
+    return step
 
 
 def _sample(

@@ -518,6 +518,8 @@ def default_chunk_size(length: int, per_key: bool = False, d_k: int = 64, d_v: i
 
 def _fitting_chunk(log_alpha: Tensor, chunk: int) -> int:
     """Halve ``chunk`` (not below 16) until every chunk of a per-key ``log_alpha`` passes :func:`_chunk_decay_fits`."""
+    if not checking_values():  # a compiled graph cannot read the decays: 16, where its one-token sub-blocks cost least
+        return min(chunk, 16)
     while chunk > 16:
         pad = (-log_alpha.shape[2]) % chunk
         padded = F.pad(log_alpha, (0, 0, 0, pad)) if pad else log_alpha

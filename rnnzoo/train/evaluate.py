@@ -110,14 +110,14 @@ def split_scores(run: LoadedRun, split_tokens, batches: int) -> dict[str, float]
 
 
 def stream_text(run: LoadedRun, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None,
-                top_p: float | None, seed: int) -> Iterator[str]:  # fmt: skip
+                top_p: float | None, seed: int, compile: bool | None = None) -> Iterator[str]:  # fmt: skip
     """The generated text piece by piece as tokens come (UTF-8 decoded incrementally for byte tokens)."""
     ids = run.tokenizer.encode(prompt)
     if len(ids) == 0:
         raise ConfigError("--prompt: give at least one character")
     prompt_ids = torch.as_tensor(ids.astype("int64"))[None]
     generator = torch.Generator().manual_seed(seed)
-    tokens = run.model.stream(prompt_ids, max_new_tokens, temperature, top_k, generator, top_p)
+    tokens = run.model.stream(prompt_ids, max_new_tokens, temperature, top_k, generator, top_p, compile)
     if run.tokenizer.name == "byte":
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for token in tokens:

@@ -45,7 +45,7 @@ from ..data import (
     tokenizer_from_json,
     tokenizer_from_spec,
 )  # fmt: skip
-from ..models import SequenceModel, size_model
+from ..models import SequenceModel, size_model, holds_cache
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .distributed import Processes, from_environment, gradient_sync
@@ -156,9 +156,7 @@ def _check_carried_state_is_bounded(model: SequenceModel) -> None:
     """Stateful streams carry the state from window to window: a cache that grows with every token (full
     attention's KV cache) would grow without bound, and attention has no recurrence to truncate."""
     for block in model.blocks:
-        state = block.mixer.init_state(1, device="meta")
-        grows = any(0 in t.shape for t in state.tensors().values()) and getattr(block.mixer, "window", None) is None
-        if grows:
+        if holds_cache(block.mixer) and getattr(block.mixer, "window", None) is None:
             raise ConfigError(
                 f"`stateful`: the {type(block.mixer).__name__} layer's state is a cache that grows with every token; "
                 "carried across windows it would grow without bound: give it a window (mixer_kwargs) or stateful=false"
