@@ -1,13 +1,25 @@
 """Run a layer in every form (parallel modes, recurrent, split through state, step) and compare.
 
 Used by the per-engine layer tests: each form must give the same outputs, final
-state and gradients (of the input and of every parameter).
+state and gradients (of the input and of every parameter). :class:`Step` is a
+layer's step as a module, for the export tests.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+class Step(torch.nn.Module):
+    """A layer's ``step`` as a module: what a recurrent model deploys."""
+
+    def __init__(self, layer) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x_t, state):
+        return self.layer.step(x_t, state)
 
 
 def _loss_weights(y: Tensor, state, seed: int = 123):

@@ -7,20 +7,10 @@ import torch
 import torch.utils._pytree as pytree
 
 import rnnzoo
+from forms import Step
 
 MODELS = [m.name for m in rnnzoo.list_models()]
 D_MODEL = 8
-
-
-class Step(torch.nn.Module):
-    """A layer's ``step`` as a module: what a recurrent model deploys."""
-
-    def __init__(self, layer) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x_t, state):
-        return self.layer.step(x_t, state)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -11,21 +11,13 @@ import torch
 import torch.utils._pytree as pytree
 
 import rnnzoo
+from forms import Step
 
 pytest.importorskip("onnxscript")
 ort = pytest.importorskip("onnxruntime")
 
 MODELS = [m.name for m in rnnzoo.list_models()]
 D_MODEL = 8
-
-
-class Step(torch.nn.Module):
-    def __init__(self, layer) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x_t, state):
-        return self.layer.step(x_t, state)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -34,7 +34,7 @@ def _padded(seqs: list[torch.Tensor], time: int, side: str) -> tuple[torch.Tenso
 def _check_each_alone(layer, seqs, y_rows, state, initial=None) -> None:
     """Row i's outputs and its final state (compared directly, and by continuing with the same tokens) are
     those of sequence i run alone from row i of ``initial``."""
-    follow = torch.randn(1, 3, D_MODEL, device=state.tensors()["k" if "k" in state.tensors() else next(iter(state.tensors()))].device)
+    follow = torch.randn(1, 3, D_MODEL, device=next(iter(state.tensors().values())).device)
     for i, (s, y) in enumerate(zip(seqs, y_rows)):
         start = None if initial is None else _row(initial, i)
         if len(s):

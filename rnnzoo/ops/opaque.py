@@ -41,9 +41,6 @@ class _Context:
     def set_materialize_grads(self, value: bool) -> None:
         pass
 
-    def mark_non_differentiable(self, *tensors: Tensor) -> None:
-        pass
-
 
 def _arguments(key: str, tensors: Sequence[Tensor]) -> list:
     """The Function's arguments, in order, from the operator's tensors and the constants in ``key``."""
