@@ -391,9 +391,9 @@ def _claims_list(args: argparse.Namespace) -> int:
     table = Table(title="rnnzoo claims (run them with `rnnzoo claims run [NAME ...] [--quick]`)", show_lines=True)
     for name in ("name", "paper", "claim", "expected", "runs"):
         table.add_column(name, overflow="fold")
-    for c in claims.get_claims():
+    for c in claims.get_claims(every_tier=True):
         quick, full = c.quick_budget, c.budget
-        runs = f"{len(c.arms)} arms; --quick {quick.steps} steps, {quick.params // 1000}k params; full {full.steps} steps"
+        runs = f"{'' if c.tier == 1 else f'tier {c.tier}; '}{len(c.arms)} arms; --quick {quick.steps} steps, {quick.params // 1000}k params; full {full.steps} steps"
         table.add_row(c.name, c.paper, c.statement, c.expected, runs)
     _console().print(table)
     return 0
@@ -520,7 +520,7 @@ def _claims_run(args: argparse.Namespace) -> int:
     from . import claims
 
     try:
-        chosen = claims.get_claims(args.names)
+        chosen = claims.get_claims(args.names, every_tier=args.all)
     except ValueError as e:
         args.error(str(e))
     out = Path(args.out or ("results/claims-quick" if args.quick else "results/claims"))
@@ -634,7 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run claims and print their verdicts",
         description="Train every arm of the named claims (all if none) and decide each verdict.",
     )  # fmt: skip
-    cr.add_argument("names", nargs="*", metavar="NAME", help="claims to run (default: all; see `rnnzoo claims`)")
+    cr.add_argument("names", nargs="*", metavar="NAME",
+                    help="claims to run (default: the tier-1 claims; see `rnnzoo claims`)")
+    cr.add_argument("--all", action="store_true", help="with no NAME: every claim, tier-2 models' included")
     cr.add_argument("--quick", action="store_true", help="the quick budgets (about 30 min for all, 2 cores, one seed)")
     cr.add_argument("--seeds", type=_positive_int, default=1, metavar="N", help="seeds 0..N-1, best of seeds (default 1)")
     _add_jobs(cr)

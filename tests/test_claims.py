@@ -122,7 +122,9 @@ def test_measure_and_best_of_seeds_with_agreement():
 def test_catalogue_claims_build():
     names = claims.claim_names()
     assert len(names) >= 7 and len(set(names)) == len(names)
-    for claim in claims.get_claims():
+    assert {c.tier for c in claims.get_claims()} == {1}  # with no names: tier 1 only
+    assert [c.name for c in claims.get_claims(every_tier=True)] == names
+    for claim in claims.get_claims(every_tier=True):
         assert claim.paper and claim.statement and claim.expected
         for quick in (True, False):
             for arm, run in claim.runs(quick):
@@ -130,6 +132,8 @@ def test_catalogue_claims_build():
         assert {a.id for a in claim.arms} >= set(claim.rule.arms())
     with pytest.raises(ValueError, match="valid claims"):
         claims.get_claims(["no-such-claim"])
+    tier2 = [c.name for c in claims.get_claims(every_tier=True) if c.tier == 2]
+    assert "block-diagonal-regular" in tier2 and claims.get_claims(tier2)[0].tier == 2  # a named claim runs
 
 
 def test_claims_cli_end_to_end_and_cache(tmp_path, capsys, monkeypatch):

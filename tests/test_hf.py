@@ -254,6 +254,17 @@ def test_a_model_made_in_python_imports_as_a_run(tmp_path):
     assert run.config.mixer == "mamba" and run.config.d_model == 32 and run.tokenizer.name == f"ids:{VOCAB}"
 
 
+def test_resuming_an_imported_run_is_a_one_line_error(text, tmp_path, capsys):
+    tiny_run(text, tmp_path / "run", mixer="gla")
+    assert main(["hf", "export", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert main(["hf", "import", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--resume", "--out", str(tmp_path / "back")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds weights only" in err and "Traceback" not in err, err
+
+
 def test_hf_command_errors_are_one_line_and_exit_2(text, tmp_path, capsys):
     tiny("gla", mlp="gelu").save_pretrained(tmp_path / "gelu")
     (tmp_path / "taken").mkdir()

@@ -237,6 +237,20 @@ def test_a_checkpoint_refuses_another_layer_and_old_checkpoints_load():
         rnnzoo.create("hgrn", d_model=8, lower_bound=0.5).load_state_dict(hgrn.state_dict())
 
 
+def test_a_checkpoint_from_before_an_argument_existed_loads_as_its_default():
+    import json
+
+    def without_feature_map(state_dict):
+        record = json.loads(bytes(state_dict["_extra_state"].tolist()).decode())
+        del record["config"]["feature_map"]  # linear_attention before Hedgehog features
+        return {**state_dict, "_extra_state": torch.tensor(list(json.dumps(record).encode()), dtype=torch.uint8)}
+
+    old = without_feature_map(rnnzoo.create("linear_attention", d_model=8).state_dict())
+    rnnzoo.create("linear_attention", d_model=8).load_state_dict(old)
+    with pytest.raises(ValueError, match=r"feature_map='elu' \(this layer: 'hedgehog'\)"):
+        rnnzoo.create("linear_attention", d_model=8, feature_map="hedgehog").load_state_dict(old, strict=False)
+
+
 # -- one name per concept -------------------------------------------------------------------------
 
 OTHER_NAMES = {"expansion", "conv_size", "kernel_size", "n_heads", "nheads", "heads", "eps", "layer_norm_eps", "chunk"}

@@ -21,7 +21,9 @@ FLAGGED = [m.name for m in MODELS if m.negative_eigenvalues]
 REAL_GATED = {"mingru", "minlstm", "hgrn", "hawk", "mamba", "gla", "hgrn2", "mamba2"} | {
     m.name for m in MODELS if m.engine == "delta_rule"
 }
-COMPLEX_OR_FIXED = {"lru", "s4d", "retnet", "linear_attention"}
+COMPLEX_OR_FIXED = {"lru", "s4d", "retnet", "linear_attention", "gateloop"}
+# Column-normalised blocks with the paper's p = 1.2 bound |λ| by k^(1 - 1/p), not 1 (tests/test_block_lrnn.py)
+BEYOND_UNIT_DISC = {"block_lrnn"}
 
 # Gates whose initialisation never reaches a_t < 1/2, driven there so that 2 a_t - 1 < 0 can show:
 SATURATE = {
@@ -86,7 +88,7 @@ def test_flag_on_gives_negative_eigenvalues(name):
     assert (eig < 0).any(), f"{name}: no negative eigenvalue with negative_eigenvalues=True"
 
 
-@pytest.mark.parametrize("name", [m.name for m in MODELS if not m.negative_eigenvalues])
+@pytest.mark.parametrize("name", [m.name for m in MODELS if not m.negative_eigenvalues and m.name not in BEYOND_UNIT_DISC])
 def test_unflagged_eigenvalues_in_unit_disc(name):
     eig = eigenvalues(name, make(name), inputs())
     assert eig.abs().max() <= 1, f"{name}: max |eigenvalue| {eig.abs().max()}"
@@ -104,7 +106,8 @@ def memory(state) -> torch.Tensor:
     return fields[recurrent_field(state)] * scale
 
 
-STEPPED = [m.name for m in MODELS if m.engine != "delta_rule"]  # the delta rule's A_t is not diagonal
+# the delta rule's and the block scan's A_t are not diagonal
+STEPPED = [m.name for m in MODELS if m.engine not in ("delta_rule", "block_scan")]
 
 
 @pytest.mark.parametrize(

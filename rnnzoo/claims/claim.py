@@ -53,6 +53,7 @@ class Claim:
     train: TrainSettings = TrainSettings()
     learners: tuple[str, ...] | None = None  # arms whose learning makes the comparison conclusive (None: all)
     learned_at: float = 0.9  # scaled accuracy at training lengths that counts as "learned"
+    tier: int = 1  # the tier of the models it tests (MODELS.md): tier-2 claims run when named or with --all
 
     def __post_init__(self):
         ids = [a.id for a in self.arms]

@@ -5,12 +5,15 @@ Importing this package registers every layer with :mod:`rnnzoo.registry`.
 
 from .aaren import Aaren
 from .attention import Attention
-from .base import DiagonalState, MatrixState, RecurrentState, SequenceLayer
+from .base import BlockState, DiagonalState, MatrixState, RecurrentState, SequenceLayer
+from .block_lrnn import BlockLRNN
 from .classic import GRU, LSTM, Elman
 from .deltanet import DeltaNet, DeltaProduct, GatedDeltaNet
+from .gateloop import GateLoop
 from .gla import GLA
 from .hgrn import HGRN
 from .hgrn2 import HGRN2
+from .lightnet import LightNet
 from .linear_attention import LinearAttention
 from .lru import LRU
 from .mamba import Mamba
@@ -24,10 +27,11 @@ from .s4d import S4D
 from .slstm import SLSTM
 
 __all__ = [
-    "DiagonalState", "MatrixState", "RecurrentState", "SequenceLayer",
+    "BlockState", "DiagonalState", "MatrixState", "RecurrentState", "SequenceLayer",
     "Aaren", "Attention",
     "DeltaNet", "DeltaProduct", "GLA", "GatedDeltaNet", "HGRN", "HGRN2", "Hawk", "LinearAttention", "LRU", "MLSTM",
     "Mamba", "Mamba2", "MinGRU", "MinLSTM", "RetNet", "S4D",
     "Elman", "GRU", "LSTM", "SLSTM",
     "ParaGRU", "ParaLSTM",
+    "GateLoop", "LightNet",
 ]  # fmt: skip

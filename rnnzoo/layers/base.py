@@ -34,7 +34,7 @@ from .padding import Padding, check_attention_mask, check_cu_seqlens, gather_row
 if TYPE_CHECKING:
     from .engines import Engine
 
-__all__ = ["DiagonalState", "EngineLayer", "MatrixState", "RecurrentState", "SequenceLayer", "state_dtype"]
+__all__ = ["BlockState", "DiagonalState", "EngineLayer", "MatrixState", "RecurrentState", "SequenceLayer", "state_dtype"]
 
 
 class RecurrentState:
@@ -94,6 +94,15 @@ def _unflatten_state(cls: type, leaves, context: tuple) -> RecurrentState:
 @dataclasses.dataclass
 class DiagonalState(RecurrentState):
     """State of a diagonal linear recurrence: ``h`` of shape ``(batch, *state)``."""
+
+    engine_fields: ClassVar[tuple[str, ...]] = ("h",)
+    h: Tensor
+
+
+@dataclasses.dataclass
+class BlockState(RecurrentState):
+    """State of a block-diagonal linear recurrence: ``h`` of shape ``(batch, k, channels)``, k the block size
+    (the block scan's layout)."""
 
     engine_fields: ClassVar[tuple[str, ...]] = ("h",)
     h: Tensor
@@ -372,6 +381,13 @@ class SequenceLayer(nn.Module):
         if saved.get("layer") != where:
             raise ValueError(f"{where}: the checkpoint holds a {saved.get('layer')} layer, not a {where}")
         ours, theirs = self.config, saved.get("config", {})
+        # an argument the checkpoint does not record was added to the layer later: the checkpoint had its default
+        defaults = {
+            name: json.loads(json.dumps(p.default, default=str))
+            for name, p in inspect.signature(type(self).__init__).parameters.items()
+            if name in set(ours) - set(theirs) and p.default is not p.empty
+        }
+        theirs = {**defaults, **theirs}
         differ = [
             f"{name}={theirs.get(name, '(none)')!r} (this layer: {ours.get(name, '(none)')!r})"
             for name in sorted(set(ours) | set(theirs)) if ours.get(name) != theirs.get(name)
@@ -511,6 +527,12 @@ class EngineLayer(SequenceLayer):
         inputs, carry = self.engine_inputs(x, state)
         out, final = self._run(inputs, None if state is None else state.engine_state(), mode)
         return self.read_output(x, out, final, carry)
+
+    @classmethod
+    def has_operator(cls) -> bool:
+        """Whether the layer implements :meth:`materialize`: its engine has a T×T operator per group (the block
+        scan's is of k×k blocks)."""
+        return super().has_operator() and cls.engine.has_operator
 
     def _materialize(self, x: Tensor) -> Tensor:
         return self.engine.operator(self.engine_inputs(x)[0])

@@ -106,8 +106,12 @@ class _TorchRNN(SequenceLayer):
         # torch's layout: (num_layers = 1, batch, d_hidden), a tuple (h, c) for the LSTM
         hx = tuple(t.unsqueeze(0).to(x.dtype) for t in state.tensors().values())
         weights = [w.to(x.dtype) for w in self.rnn.flat()]
-        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first)
-        y, *final = type(self).kernel(x, hx if len(hx) > 1 else hx[0], weights, True, 1, 0.0, self.training, False, True)
+        # (input, hx, weights, has_biases, num_layers, dropout, train, bidirectional, batch_first), in x's dtype:
+        # autocast would recast it to bf16, which oneDNN's fused LSTM does not take on every CPU
+        with torch.autocast(x.device.type, enabled=False):
+            y, *final = type(self).kernel(
+                x, hx if len(hx) > 1 else hx[0], weights, True, 1, 0.0, self.training, False, True
+            )
         return y, self.state_cls(*(t.squeeze(0).to(state_dtype(x.dtype)) for t in final))
 
     def _recurrent(self, x: Tensor, state: RecurrentState | None) -> tuple[Tensor, RecurrentState]:

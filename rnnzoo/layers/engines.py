@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import (
+    block_linear_scan,
+    block_linear_scan_reference,
     delta_rule,
     delta_rule_reference,
     gated_linear_attention,
@@ -47,7 +49,7 @@ from ..ops.gated_linear_attention import causal_mask, gla_operator
 from ..ops.ssm_convolution import diagonal_ssm_convolution, diagonal_ssm_kernel
 
 __all__ = [
-    "AttentionEngine", "AttentionInputs", "DeltaRuleEngine", "DeltaRuleInputs", "DiagonalEngine", "DiagonalInputs",
+    "AttentionEngine", "AttentionInputs", "BlockEngine", "BlockInputs", "DeltaRuleEngine", "DeltaRuleInputs", "DiagonalEngine", "DiagonalInputs",
     "DiagonalSSMEngine", "DiagonalSSMInputs", "Engine", "MLSTMEngine", "MLSTMInputs", "MatrixEngine", "MatrixInputs",
     "SelectiveEngine", "SelectiveInputs", "SoftmaxScanEngine", "SoftmaxScanInputs", "channel_groups",
 ]  # fmt: skip
@@ -72,6 +74,7 @@ class Engine:
     name: ClassVar[str]
     parallel_modes: ClassVar[tuple[str, ...]]
     chunked: ClassVar[bool] = True  # whether the parallel forms take a chunk size
+    has_operator: ClassVar[bool] = True  # whether it implements operator and mixer_io
 
     def run(self, inputs: Any, state: Any, mode: str, chunk_size: int | None = None) -> tuple[Tensor, Any]:
         """``(outputs, final state)`` of the engine over ``inputs`` from ``state`` (``None``: zeros) by ``mode``."""
@@ -139,6 +142,37 @@ class DiagonalEngine(Engine):
 
     def eigenvalues(self, inputs):
         return inputs.a.expand(inputs.v.shape)
+
+
+# -- engine 2 with k×k blocks: the block-diagonal linear recurrence ------------------------
+
+
+@dataclass
+class BlockInputs:
+    """``h_t = A_t h_{t-1} + b_t`` with a k×k block per channel: ``A`` ``(batch, T, k, k, *channels)`` (or
+    broadcast to it), ``b`` ``(batch, T, k, *channels)``."""
+
+    A: Tensor
+    b: Tensor
+
+
+class BlockEngine(Engine):
+    """Engine 2 with matrix coefficients (:func:`~rnnzoo.ops.block_linear_scan`): outputs are the states ``h``.
+    Its operator is a T×T matrix of k×k blocks per channel, not one number per (t, s), so it has no
+    :meth:`operator`; :meth:`eigenvalues` are each block's, complex in general."""
+
+    name, parallel_modes, has_operator = "block_scan", ("scan",), False
+
+    def loop(self, inputs, state):
+        return block_linear_scan_reference(inputs.A, inputs.b, state)
+
+    def parallel(self, inputs, state, mode, chunk_size=None):
+        return block_linear_scan(inputs.A, inputs.b, state, chunk_size=chunk_size)
+
+    def eigenvalues(self, inputs):
+        """``(batch, T, *channels, k)``: the eigenvalues of each channel's block."""
+        blocks = inputs.A.expand(*inputs.b.shape[:3], *inputs.A.shape[3:])
+        return torch.linalg.eigvals(blocks.movedim((2, 3), (-2, -1)))
 
 
 # -- S4D: a time-invariant diagonal SSM with a read-out ------------------------------------
@@ -252,6 +286,7 @@ class MatrixInputs:
     """``S_t = Diag(α_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t`` per head: ``q, k`` ``(batch, heads, T, d_k)``,
     ``v`` ``(batch, heads, T, d_v)``, ``log_alpha`` ``log|α|`` ``(batch, heads, T)`` (scalar per head) or
     ``(batch, heads, T, d_k)`` or ``None`` (α = 1), ``sign`` ``α < 0`` of the same shape or ``None``.
+    A complex ``log_alpha = log|α| + iθ`` (GateLoop) takes complex ``q, k, v``; outputs and state are complex.
     With ``normalizer_eps``, ``o_t`` is divided by ``q_t · z_t + ε``, ``z_t`` the same recurrence over the
     keys (linear attention's normaliser: ``v`` gets a column of ones, the state's last column is ``z``)."""
 

@@ -21,6 +21,15 @@ start of every sub-block of c tokens; c is the largest power of two for which
 no factor can exceed ``e^{MAX_EXPONENT}`` (c = C for ordinary gates, down to
 c = 1, the exact pairwise form, when some α_t -> 0). Nothing overflows for any
 T or decay strength.
+
+Complex decays (GateLoop) come as a complex ``log_alpha = log|α| + iθ`` (the
+bound ``<= 0`` is on the real part), with complex q, k, v and state; outputs
+are then complex. The running sums are taken in complex128 and the factors
+above bound by the real part alone; per-key complex decays take the autograd
+path of sub-blocks (the hand-written backward is real only). Under
+torch.compile, PyTorch's decomposition of complex adds (inductor's, also in
+``aot_eager_decomp_partition``) fails on some gradients of the scalar-decay path:
+complex decays compile per key only.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ __all__ = ["chunk_flops", "default_chunk_size", "gated_linear_attention", "gated
 
 MAX_EXPONENT = 60.0  # largest exponent a per-key factor may reach inside a sub-block (e^60 ~ 1e26)
 MIN_LOG_DECAY = -1e4  # log decays are clamped here: exp(-1e4) is 0 in every dtype; keeps -inf out of cumsums
+REAL_PART = {torch.complex64: torch.float32, torch.complex128: torch.float64}  # (dtype.to_real: not traceable)
 
 
 # ----------------------------------------------------------------------------
@@ -50,8 +60,8 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
     for name, t in (("q", q), ("k", k), ("v", v), ("log_alpha", log_alpha), ("alpha_sign", alpha_sign), ("h0", h0)):
         if t is not None and not isinstance(t, Tensor):
             raise TypeError(f"{where}: `{name}` must be a torch.Tensor, got {type(t).__name__}")
-        if t is not None and name != "alpha_sign" and not t.is_floating_point():
-            raise TypeError(f"{where}: `{name}` must be a floating-point tensor, got dtype {t.dtype}")
+        if t is not None and name != "alpha_sign" and not (t.is_floating_point() or t.is_complex()):
+            raise TypeError(f"{where}: `{name}` must be a floating-point or complex tensor, got dtype {t.dtype}")
     if q.dim() != 4:
         raise ValueError(f"{where}: `q` must have shape (batch, heads, time, d_k), got {tuple(q.shape)}")
     batch, heads, length, d_k = q.shape
@@ -73,18 +83,23 @@ def _check(q, k, v, log_alpha, alpha_sign, h0, where: str):
         raise ValueError(f"{where}: `h0` must have shape (batch, heads, d_k, d_v) = {(batch, heads, d_k, d_v)}, got {tuple(h0.shape)}")
     clamp = log_alpha is not None  # while tracing: always (it changes nothing above MIN_LOG_DECAY)
     if log_alpha is not None and checking_values():
-        lowest, highest = (float(x) for x in torch.aminmax(log_alpha.detach()))
+        lowest, highest = (float(x) for x in torch.aminmax(log_alpha.detach().real))
         if highest > 0:
-            raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays |α| <= 1)")
+            raise ValueError(f"{where}: `log_alpha` must be <= 0 (decays |α| <= 1; the real part if complex)")
         clamp = lowest < MIN_LOG_DECAY
     dtype = compute_dtype(q.dtype)
+    if any(t is not None and t.is_complex() for t in (q, k, v, log_alpha, h0)):
+        dtype = compute_dtype(dtype, torch.complex64)
+    real = REAL_PART.get(dtype, dtype)
     cast = lambda t: None if t is None else t.to(dtype)
     if alpha_sign is not None:
         negative = alpha_sign if alpha_sign.dtype == torch.bool else alpha_sign < 0
-        alpha_sign = torch.where(negative, -1.0, 1.0).to(dtype)
+        alpha_sign = torch.where(negative, -1.0, 1.0).to(real)
     if log_alpha is not None:
-        log_alpha = log_alpha.to(dtype)
-        if clamp:
+        log_alpha = log_alpha.to(dtype if log_alpha.is_complex() else real)
+        if clamp and log_alpha.is_complex():
+            log_alpha = torch.complex(log_alpha.real.clamp(min=MIN_LOG_DECAY), log_alpha.imag)
+        elif clamp:
             log_alpha = log_alpha.clamp(min=MIN_LOG_DECAY)
     return cast(q), cast(k), cast(v), log_alpha, alpha_sign, cast(h0)
 
@@ -139,10 +154,23 @@ def gated_linear_attention_reference(
 # chunkwise form
 
 
+def _running_sum(log_alpha: Tensor, dim: int = -1) -> Tensor:
+    """:func:`~rnnzoo.ops.decay.running_sum`, in complex128 for a complex ``log_alpha``."""
+    return log_alpha.to(torch.complex128).cumsum(dim) if log_alpha.is_complex() else running_sum(log_alpha, dim)
+
+
+def _log_ratios(log_alpha: Tensor) -> Tensor:
+    """:func:`~rnnzoo.ops.decay.log_ratios`, from a complex128 running sum for a complex ``log_alpha``."""
+    if not log_alpha.is_complex():
+        return log_ratios(log_alpha)
+    g = _running_sum(log_alpha)
+    return (g[..., :, None] - g[..., None, :]).to(log_alpha.dtype)
+
+
 def _chunk_decay_fits(log_alpha: Tensor) -> bool:
     """Whether every chunk of a chunked per-key ``log_alpha`` ``(B, H, N, C, d_k)`` decays by at most
     ``e^{-MAX_EXPONENT}`` after its first token, so one re-basing per chunk is safe."""
-    return log_alpha.shape[-2] == 1 or float(log_alpha.detach()[..., 1:, :].sum(-2).min()) >= -MAX_EXPONENT
+    return log_alpha.shape[-2] == 1 or float(log_alpha.detach().real[..., 1:, :].sum(-2).min()) >= -MAX_EXPONENT
 
 
 def _sub_block_size(g: Tensor) -> int:
@@ -152,7 +180,7 @@ def _sub_block_size(g: Tensor) -> int:
     along C; re-basing at a block's first token bounds every factor by the
     block's decay range ``g_first - g_last``. A block of one token has range 0.
     """
-    size, g = g.shape[-2], g.detach()
+    size, g = g.shape[-2], g.detach().real
     if not checking_values():  # a compiled graph cannot read the decays: blocks of one token fit any decay
         return 1
     while size > 1:
@@ -252,7 +280,7 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
         return out.flatten(2, 3)[:, :, :length], last
 
     if not per_key:  # scalar decay per head: the C×C decay matrix is formed directly
-        g = running_sum(log_alpha)  # float64 (rnnzoo.ops.decay): exact ratios after a strong decay
+        g = _running_sum(log_alpha)  # float64 (rnnzoo.ops.decay): exact ratios after a strong decay
         sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
         g_last = g[..., -1:]
         q_factor, k_factor, chunk_decay = (torch.exp(x).to(q.dtype) for x in (g, g_last - g, g_last))
@@ -261,22 +289,22 @@ def _chunkwise(q, k, v, log_alpha, alpha_sign, h0, chunk: int) -> tuple[Tensor, 
             chunk_decay = chunk_decay * sign[..., -1:]
         updates = (k * k_factor[..., None]).transpose(-1, -2) @ v
         starts, last = chunk_states(chunk_decay[..., None], updates, h0)
-        out = _intra_scalar(q, k, log_ratios(log_alpha), sign) @ v
+        out = _intra_scalar(q, k, _log_ratios(log_alpha), sign) @ v
         if h0 is not None or n_chunks > 1:
             out = out + (q * q_factor[..., None]) @ starts
         return out.flatten(2, 3)[:, :, :length], last
 
     # per-key decay: q and k re-based per sub-block
-    # one sub-block per chunk where the decays allow; a compiled graph cannot read them and takes sub-blocks
-    # of one token, which any decay allows
-    if checking_values() and _chunk_decay_fits(log_alpha):
+    # one sub-block per chunk where the decays allow (real inputs: its backward is hand-written); a compiled
+    # graph cannot read them and takes sub-blocks of one token, which any decay allows
+    if checking_values() and not q.is_complex() and _chunk_decay_fits(log_alpha):
         return _per_key_chunkwise(q, k, v, log_alpha, alpha_sign, h0, length)
     # strong decays (some chunk decays by more than e^-MAX_EXPONENT): several sub-blocks per chunk.
     # The factors that take the chunk-start state into sub-block i (e^{r_i}) and the last
     # sub-block's keys to the chunk end (e^{g_last - r_last}) act on the small d_k × d_v states. The running
     # sum is taken in float64: every factor's exponent is a difference of two of its terms, and a strong
     # decay makes them large (a float32 sum past -1e4 would carry ~1e-3 into each exponent).
-    g = running_sum(log_alpha, -2)
+    g = _running_sum(log_alpha, -2)
     sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
     q_t, k_t, ref = _rebased_per_key(q, k, g, sign)
     g_last = g[..., -1, :]  # (B, H, N, d_k)
@@ -551,6 +579,14 @@ def gated_linear_attention(
     out_dtype = q.dtype
     q, k, v, log_alpha, alpha_sign, h0 = _check(q, k, v, log_alpha, alpha_sign, h0, where)
     per_key = log_alpha is not None and log_alpha.dim() == 4
+    if per_key and q.is_complex() and q.shape[-1] == 1:
+        # one complex key dim: run as two, the second with a zero key (and so a zero row of the state), as
+        # torch.compile's decomposition of complex adds fails on the gradients' size-1 trailing dims
+        q, k, log_alpha = (F.pad(t, (0, 1)) for t in (q, k, log_alpha))
+        alpha_sign = None if alpha_sign is None else F.pad(alpha_sign, (0, 1), value=1.0)
+        h0 = None if h0 is None else F.pad(h0, (0, 0, 0, 1))
+        out, last = gated_linear_attention(q, k, v, log_alpha, h0, alpha_sign=alpha_sign, chunk_size=chunk_size)
+        return out, last[..., :1, :]
     chunk = chunk_size or default_chunk_size(q.shape[2], per_key, q.shape[-1], v.shape[-1])
     if per_key and chunk_size is None:
         chunk = _fitting_chunk(log_alpha, chunk)
@@ -576,6 +612,6 @@ def gla_operator(
         return _intra_scalar(q, k, None, None).squeeze(2)
     if log_alpha.dim() == 5:  # per key: running sums in float64, as the chunkwise form's strong-decay path
         sign = None if alpha_sign is None else alpha_sign.cumprod(-2)
-        return _intra_per_key(q, k, running_sum(log_alpha, -2), sign).squeeze(2)
+        return _intra_per_key(q, k, _running_sum(log_alpha, -2), sign).squeeze(2)
     sign = None if alpha_sign is None else alpha_sign.cumprod(-1)
-    return _intra_scalar(q, k, log_ratios(log_alpha), sign).squeeze(2)
+    return _intra_scalar(q, k, _log_ratios(log_alpha), sign).squeeze(2)

@@ -258,6 +258,11 @@ def train(
         raise ConfigError(f"--out {out} holds checkpoints already: pass --resume to continue, or choose another --out")
     saved = load_checkpoint(latest) if resume and latest is not None else None
     if saved is not None:
+        if "optimizer" not in saved[1]:
+            raise ConfigError(
+                f"--resume: {latest} holds weights only (written by `rnnzoo hf import`): there is no optimizer "
+                "state or data position to resume; evaluate or generate from it instead"
+            )
         _check_resume(config, saved[2])
     if config.threads:
         torch.set_num_threads(config.threads)
