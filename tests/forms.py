@@ -7,6 +7,8 @@ layer's step as a module, for the export tests.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -43,16 +45,36 @@ def _loss(y, state, weights):
     return total
 
 
+def stepped(module, inputs: Tensor, state=None):
+    """``(outputs, final state)`` of ``module.step`` applied token by token from ``state``."""
+    outs = []
+    for x_t in inputs.unbind(1):
+        y_t, state = module.step(x_t, state)
+        outs.append(y_t)
+    return torch.stack(outs, 1), state
+
+
+def random_state(state, *fields: str, seed: int = 2):
+    """``state`` with the named fields drawn from a standard normal in float64: a prefix already seen."""
+    gen = torch.Generator().manual_seed(seed)
+    tensors = state.tensors()
+    drawn = {name: torch.randn(tensors[name].shape, generator=gen, dtype=torch.float64) for name in fields}
+    return dataclasses.replace(state, **drawn)
+
+
+def assert_matches(y: Tensor, state, want_y: Tensor, want_state: dict[str, Tensor], **tolerance) -> None:
+    """Outputs and every field of ``want_state`` (an equation test's hand-written loop) match ``y`` and ``state``."""
+    torch.testing.assert_close(y, want_y, **tolerance)
+    for key, value in want_state.items():
+        torch.testing.assert_close(state.tensors()[key], value, **tolerance, msg=lambda m: f"state.{key}: {m}")
+
+
 def outputs_in_form(module, inputs: Tensor, form: str, split: int | None = None):
     """``(outputs, final state)`` of a layer or model over ``inputs`` ``(batch, time, ...)`` in one form: a mode
     name, ``"split"`` (the parallel form over ``inputs[:, :split]`` then ``inputs[:, split:]`` through the state)
     or ``"step"`` (token by token)."""
     if form == "step":
-        state, outs = None, []
-        for x_t in inputs.unbind(1):
-            y_t, state = module.step(x_t, state)
-            outs.append(y_t)
-        return torch.stack(outs, 1), state
+        return stepped(module, inputs)
     if form == "split":
         first, state = module(inputs[:, :split])
         second, state = module(inputs[:, split:], state)

@@ -32,7 +32,7 @@ def test_forms_and_views_come_from_the_base(name):
     for method in ("_forward", "_materialize", "_mixer_io", "_transition_eigenvalues", "step", "forward"):
         assert getattr(cls, method) is getattr(EngineLayer, method, getattr(SequenceLayer, method)), (name, method)
     assert cls.parallel_modes == cls.engine.parallel_modes
-    assert cls.has_operator() == (cls.engine.name != "block_scan")  # k×k blocks: no T×T operator per group
+    assert cls.has_operator() == cls.engine.has_operator  # k×k blocks, coupled channels: no T×T operator per group
 
 
 @pytest.mark.parametrize("name", ON_ENGINES)

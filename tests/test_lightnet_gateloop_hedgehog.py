@@ -5,14 +5,12 @@ the reference loop's. Also engine 3 with complex decays (GateLoop's), against it
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import rnnzoo
-from forms import assert_forms_agree
+from forms import assert_forms_agree, assert_matches, random_state, stepped
 from rnnzoo.ops import gated_linear_attention, gated_linear_attention_reference
 
 D_MODEL = 8
@@ -113,20 +111,6 @@ CASES = {
 }
 
 
-def stepped(layer, x, state=None):
-    outs = []
-    for x_t in x.unbind(1):
-        y_t, state = layer.step(x_t, state)
-        outs.append(y_t)
-    return torch.stack(outs, 1), state
-
-
-def assert_matches(y, state, want_y, want_state):
-    torch.testing.assert_close(y, want_y, **TIGHT)
-    for key, value in want_state.items():
-        torch.testing.assert_close(state.tensors()[key], value, **TIGHT, msg=lambda m: f"state.{key}: {m}")
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("length", LENGTHS)
 def test_parallel_form_and_step_are_the_papers_loop(case, length):
@@ -136,9 +120,9 @@ def test_parallel_form_and_step_are_the_papers_loop(case, length):
         want_y, want_state = loop(make(name, **kw), x)
         for chunk in CHUNKS:
             layer = make(name, chunk_size=chunk, **kw)
-            assert_matches(*layer(x, mode=layer.parallel_modes[0]), want_y, want_state)
-        assert_matches(*stepped(layer, x), want_y, want_state)
-        assert_matches(*layer(x, mode="recurrent"), want_y, want_state)
+            assert_matches(*layer(x, mode=layer.parallel_modes[0]), want_y, want_state, **TIGHT)
+        assert_matches(*stepped(layer, x), want_y, want_state, **TIGHT)
+        assert_matches(*layer(x, mode="recurrent"), want_y, want_state, **TIGHT)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -168,7 +152,7 @@ def test_lightnet_split_through_the_state_is_one_pass(split):
         second, state = layer(x[:, split:], state)
         stepped_y, stepped_state = stepped(layer, x[:, split:], layer(x[:, :split])[1])
     for y, s in ((torch.cat([first, second], 1), state), (torch.cat([first, stepped_y], 1), stepped_state)):
-        assert_matches(y, s, want_y, want_state.tensors())
+        assert_matches(y, s, want_y, want_state.tensors(), **TIGHT)
 
 
 def test_lightnet_continues_from_a_given_state():
@@ -176,16 +160,11 @@ def test_lightnet_continues_from_a_given_state():
     ``e^{z_0 - z_1}``, not 0: the parallel form and step follow the loop started from that state."""
     layer = make("lightnet", chunk_size=4)
     x = inputs(7)
-    gen = torch.Generator().manual_seed(2)
-    start = layer.init_state(2)
-    start = dataclasses.replace(
-        start, z=torch.randn(start.z.shape, generator=gen, dtype=torch.float64),
-        S=torch.randn(start.S.shape, generator=gen, dtype=torch.float64),
-    )  # fmt: skip
+    start = random_state(layer.init_state(2), "z", "S")
     with torch.no_grad():
         want_y, want_state = lightnet_loop(layer, x, start.z, start.S)
-        assert_matches(*layer(x, start), want_y, want_state)
-        assert_matches(*stepped(layer, x, start), want_y, want_state)
+        assert_matches(*layer(x, start), want_y, want_state, **TIGHT)
+        assert_matches(*stepped(layer, x, start), want_y, want_state, **TIGHT)
 
 
 def test_lightnet_state_starts_empty_and_keeps_large_keys_exact():

@@ -22,8 +22,9 @@ REAL_GATED = {"mingru", "minlstm", "hgrn", "hawk", "mamba", "gla", "hgrn2", "mam
     m.name for m in MODELS if m.engine == "delta_rule"
 }
 COMPLEX_OR_FIXED = {"lru", "s4d", "retnet", "linear_attention", "gateloop"}
-# Column-normalised blocks with the paper's p = 1.2 bound |λ| by k^(1 - 1/p), not 1 (tests/test_block_lrnn.py)
-BEYOND_UNIT_DISC = {"block_lrnn"}
+# Column-normalised blocks with the paper's p = 1.2 bound |λ| by k^(1 - 1/p), not 1 (tests/test_block_lrnn.py);
+# the bilinear RNN's blocks have RMS singular value 1, and only its state's direction is read (tests/test_bilinear.py)
+BEYOND_UNIT_DISC = {"block_lrnn", "bilinear"}
 
 # Gates whose initialisation never reaches a_t < 1/2, driven there so that 2 a_t - 1 < 0 can show:
 SATURATE = {
@@ -106,8 +107,14 @@ def memory(state) -> torch.Tensor:
     return fields[recurrent_field(state)] * scale
 
 
-# the delta rule's and the block scan's A_t are not diagonal
-STEPPED = [m.name for m in MODELS if m.engine not in ("delta_rule", "block_scan")]
+# Transitions that are not one diagonal A_t on one state, each checked in its own test file: the delta rule's
+# identity-minus-rank-one and RWKV-7's diagonal-plus-rank-one (dplr_delta_rule), k×k blocks, a normalised state
+# (not linear in h0), the fixed-point RNN's iterates coupled through its mixer, S4's dense Ā (dplr_ssm), and
+# log-linear attention's state per Fenwick bucket.
+NOT_DIAGONAL = (
+    "delta_rule", "dplr_delta_rule", "block_scan", "normalized_block_scan", "fixed_point_scan", "dplr_ssm", "log_linear",
+)  # fmt: skip
+STEPPED = [m.name for m in MODELS if m.engine not in NOT_DIAGONAL]
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,8 @@ from ..ops import (
     block_linear_scan_reference,
     delta_rule,
     delta_rule_reference,
+    fixed_point_scan,
+    fixed_point_scan_reference,
     gated_linear_attention,
     gated_linear_attention_reference,
     linear_scan,
@@ -38,6 +40,8 @@ from ..ops import (
     mlstm_chunkwise,
     mlstm_operator,
     mlstm_reference,
+    normalized_block_scan,
+    normalized_block_scan_reference,
     selective_scan,
     selective_scan_reference,
     selective_transition,
@@ -45,13 +49,18 @@ from ..ops import (
     softmax_scan_operator,
     softmax_scan_reference,
 )  # fmt: skip
+from ..ops.dplr_delta_rule import dplr_delta_rule, dplr_delta_rule_reference, dplr_operator
 from ..ops.gated_linear_attention import causal_mask, gla_operator
+from ..ops.s4_kernel import dplr_bilinear, dplr_ssm_convolution, dplr_ssm_kernel, dplr_ssm_reference
 from ..ops.ssm_convolution import diagonal_ssm_convolution, diagonal_ssm_kernel
+from ..ops.test_time_memory import test_time_memory, test_time_memory_reference
 
 __all__ = [
-    "AttentionEngine", "AttentionInputs", "BlockEngine", "BlockInputs", "DeltaRuleEngine", "DeltaRuleInputs", "DiagonalEngine", "DiagonalInputs",
-    "DiagonalSSMEngine", "DiagonalSSMInputs", "Engine", "MLSTMEngine", "MLSTMInputs", "MatrixEngine", "MatrixInputs",
-    "SelectiveEngine", "SelectiveInputs", "SoftmaxScanEngine", "SoftmaxScanInputs", "channel_groups",
+    "AttentionEngine", "AttentionInputs", "BlockEngine", "BlockInputs", "DeltaRuleEngine", "DeltaRuleInputs", "DPLREngine", "DPLRInputs", "DPLRSSMEngine", "DPLRSSMInputs", "DiagonalEngine", "DiagonalInputs",
+    "DiagonalSSMEngine", "DiagonalSSMInputs", "Engine", "FixedPointEngine", "FixedPointInputs", "MLSTMEngine", "MLSTMInputs", "MatrixEngine", "MatrixInputs",
+    "NormalizedBlockEngine", "NormalizedBlockInputs",
+    "SelectiveEngine", "SelectiveInputs", "SoftmaxScanEngine", "SoftmaxScanInputs", "TestTimeMemoryEngine",
+    "TestTimeMemoryInputs", "channel_groups",
 ]  # fmt: skip
 
 
@@ -144,6 +153,45 @@ class DiagonalEngine(Engine):
         return inputs.a.expand(inputs.v.shape)
 
 
+# -- engine 2 iterated: the fixed-point RNN --------------------------------------------------
+
+
+@dataclass
+class FixedPointInputs:
+    """``h^{(ℓ)}_t = Λ_t ⊙ h^{(ℓ)}_{t-1} + Q_t h^{(ℓ-1)}_t + b_t`` for ``ℓ = 1..num_iterations``
+    (:mod:`rnnzoo.ops.fixed_point`): ``lam, b, u`` ``(batch, T, heads, d_head)``, ``rho`` ``(batch, T, heads)``,
+    ``Q_t = ρ_t (I - 2 u_t u_t^T)`` per head."""
+
+    lam: Tensor
+    b: Tensor
+    rho: Tensor
+    u: Tensor
+    num_iterations: int
+
+
+class FixedPointEngine(Engine):
+    """Engine 2 run ``num_iterations`` times (:func:`~rnnzoo.ops.fixed_point_scan`); outputs the last iterate,
+    state every iterate's last state ``(batch, L, heads, d_head)``. The mixer couples the channels of a head,
+    so there is no operator per channel. :meth:`eigenvalues` are ``Λ_t``: the transition of the stacked
+    iterates is block lower-triangular with ``Λ_t`` on each diagonal block."""
+
+    name, parallel_modes, has_operator = "fixed_point_scan", ("scan",), False
+
+    @staticmethod
+    def _args(inputs: FixedPointInputs) -> tuple:
+        return inputs.lam, inputs.b, inputs.rho, inputs.u
+
+    def loop(self, inputs, state):
+        return fixed_point_scan_reference(*self._args(inputs), state, inputs.num_iterations)
+
+    def parallel(self, inputs, state, mode, chunk_size=None):
+        return fixed_point_scan(*self._args(inputs), state, inputs.num_iterations, chunk_size=chunk_size)
+
+    def eigenvalues(self, inputs):
+        """``Λ_t`` ``(batch, T, heads, d_head)``."""
+        return inputs.lam
+
+
 # -- engine 2 with k×k blocks: the block-diagonal linear recurrence ------------------------
 
 
@@ -175,7 +223,47 @@ class BlockEngine(Engine):
         return torch.linalg.eigvals(blocks.movedim((2, 3), (-2, -1)))
 
 
+@dataclass
+class NormalizedBlockInputs:
+    """``h_t = A_t h_{t-1} / ‖A_t h_{t-1}‖`` per group of channels: ``A`` ``(batch, T, k, k, channels)``, the
+    state to start from when none is given, ``h0`` ``(batch, k, channels)`` (a zero state would stay zero),
+    and the number of channel ``groups`` normalised separately."""
+
+    A: Tensor
+    h0: Tensor
+    groups: int = 1
+
+
+class NormalizedBlockEngine(BlockEngine):
+    """The purely multiplicative block recurrence with a state of unit norm per group of channels
+    (:func:`~rnnzoo.ops.normalized_block_scan`), from the state given or else ``inputs.h0``; outputs are the
+    normalised states, eigenvalues each block's."""
+
+    name = "normalized_block_scan"
+
+    def loop(self, inputs, state):
+        return normalized_block_scan_reference(inputs.A, inputs.h0 if state is None else state, inputs.groups)
+
+    def parallel(self, inputs, state, mode, chunk_size=None):
+        h0 = inputs.h0 if state is None else state
+        return normalized_block_scan(inputs.A, h0, inputs.groups, chunk_size=chunk_size)
+
+    def eigenvalues(self, inputs):
+        """``(batch, T, channels, k)``: the eigenvalues of each channel's block."""
+        return torch.linalg.eigvals(inputs.A.movedim((2, 3), (-2, -1)))
+
+
 # -- S4D: a time-invariant diagonal SSM with a read-out ------------------------------------
+
+
+def _convolution_operator(kernel: Tensor, D: Tensor, batch: int) -> Tensor:
+    """``M[b, c, t, s] = K_{c, t-s} + D_c δ_ts`` for ``t >= s``: the Toeplitz matrix of a kernel ``(channels, T)``
+    plus the skip ``D`` ``(channels,)``, ``(batch, channels, T, T)``."""
+    length = kernel.shape[-1]
+    lag = torch.arange(length, device=kernel.device)
+    lag = lag[:, None] - lag  # t - s
+    M = kernel[:, lag.clamp_min(0)] * (lag >= 0) + torch.diag_embed(D[:, None].expand(-1, length))
+    return M.expand(batch, -1, -1, -1)
 
 
 @dataclass
@@ -214,11 +302,7 @@ class DiagonalSSMEngine(Engine):
 
     def operator(self, inputs):
         batch, length, _ = inputs.u.shape
-        kernel = diagonal_ssm_kernel(inputs.dtA, inputs.B_bar, inputs.C, length)  # (H, T)
-        lag = torch.arange(length, device=kernel.device)
-        lag = lag[:, None] - lag  # t - s
-        M = kernel[:, lag.clamp_min(0)] * (lag >= 0) + torch.diag_embed(inputs.D[:, None].expand(-1, length))
-        return M.expand(batch, -1, -1, -1)
+        return _convolution_operator(diagonal_ssm_kernel(inputs.dtA, inputs.B_bar, inputs.C, length), inputs.D, batch)
 
     def mixer_io(self, inputs, out, chunk_size=None):
         return channel_groups(inputs.u, out)
@@ -563,3 +647,176 @@ class AttentionEngine(Engine):
 
     def mixer_io(self, inputs, out, chunk_size=None):
         return inputs.v, out
+
+
+# -- the diagonal-plus-low-rank delta rule (RWKV-7) ----------------------------------------------------
+
+
+@dataclass
+class DPLRInputs:
+    """``S_t = (Diag(w_t) + b_t a_t^T) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t`` per head (RWKV-7's state
+    transposed): ``q, k, a, b`` and ``log_w = log w_t <= 0`` ``(batch, heads, T, d_k)``, ``v``
+    ``(batch, heads, T, d_v)``."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    a: Tensor
+    b: Tensor
+    log_w: Tensor
+
+
+class DPLREngine(Engine):
+    """The generalised delta rule (:func:`~rnnzoo.ops.dplr_delta_rule`); outputs ``o``. One operator group per
+    head, ``M[b, h, t, s] = q_t^T G_t ⋯ G_{s+1} k_s`` with ``G_r = Diag(w_r) + b_r a_r^T``
+    (:func:`~rnnzoo.ops.dplr_operator`)."""
+
+    name, parallel_modes = "dplr_delta_rule", ("chunk",)
+
+    @staticmethod
+    def _args(inputs: DPLRInputs) -> tuple:
+        return inputs.q, inputs.k, inputs.v, inputs.a, inputs.b, inputs.log_w
+
+    def loop(self, inputs, state):
+        return dplr_delta_rule_reference(*self._args(inputs), state)
+
+    def parallel(self, inputs, state, mode, chunk_size=None):
+        return dplr_delta_rule(*self._args(inputs), state, chunk_size=chunk_size)
+
+    def operator(self, inputs):
+        return dplr_operator(inputs.q, inputs.k, inputs.a, inputs.b, inputs.log_w)
+
+    def mixer_io(self, inputs, out, chunk_size=None):
+        return inputs.v, out
+
+    def eigenvalues(self, inputs):
+        """All ``d_k`` eigenvalues of ``Diag(w_t) + b_t a_t^T`` per head, ``(batch, T, heads, d_k)``, complex in
+        general (real in ``(-1, 1)`` for RWKV-7's ``a = -κ̂``, ``b = κ̂ ⊙ a_gate``: the transition is similar
+        to the symmetric ``Diag(w_t) - u u^T``, ``u = κ̂ ⊙ a_gate^{1/2}``, ``|u| < 1``)."""
+        transition = torch.diag_embed(torch.exp(inputs.log_w)) + inputs.b[..., :, None] * inputs.a[..., None, :]
+        return torch.linalg.eigvals(transition).transpose(1, 2)
+
+
+# -- test-time memory (Titans, Miras) -------------------------------------------------------------
+
+
+@dataclass
+class TestTimeMemoryInputs:
+    """A linear memory trained by mini-batch gradient descent with momentum and weight decay per head
+    (:mod:`rnnzoo.ops.test_time_memory`)::
+
+        g_t = k_t ψ(M_0^T k_t - v_t)^T,  U_t = η_t U_{t-1} - θ_t g_t,  M_t = (1 - α_t) M_{t-1} + U_t,  o_t = M_t^T q_t
+
+    ``M_0`` the memory at the start of the token's mini-batch of ``memory_batch`` tokens: ``q, k``
+    ``(batch, heads, T, d_k)``, ``v`` ``(batch, heads, T, d_v)``, ``theta`` (θ), ``log_eta`` (``log η``) and
+    ``log_retain`` (``log (1 - α)``) ``(batch, heads, T)``; ``objective`` ``"l2"`` (``ψ(e) = e``), ``"huber"``
+    (``clamp(e, -delta, delta)``) or ``"lp"`` (``p |e|^{p-1} sign(e)``)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    theta: Tensor
+    log_eta: Tensor
+    log_retain: Tensor
+    memory_batch: int = 16
+    objective: str = "l2"
+    delta: float = 1.0
+    p: float = 3.0
+
+
+class TestTimeMemoryEngine(Engine):
+    """Titans' memory (:func:`~rnnzoo.ops.test_time_memory`); state ``(M_0, M, U, position)``, outputs ``o``.
+    The mini-batch size is part of the model, so the chunked form takes no chunk size.
+
+    Operator: with the ``"l2"`` objective the outputs from a zero state are linear in the values, and each value
+    dim evolves alone with the same coefficients, so there is one T×T operator per head,
+    ``M[b, h, t, s] = ∂o_{t,h} / ∂v_{s,h}`` (for any value dim), computed exactly by the reference loop on
+    one-hot values. The ``"huber"`` and ``"lp"`` objectives are nonlinear in the values: no operator
+    (:meth:`operator` raises). Eigenvalues: not reported. The transition of ``(M, U)`` is linear per token only
+    for ``"l2"`` with ``memory_batch = 1``; otherwise each token's gradient is taken at the mini-batch's
+    ``M_0``, a third block of the state held fixed (eigenvalue 1) between boundaries, and the transition that
+    decides stability is the mini-batch's, not the token's."""
+
+    name, parallel_modes, chunked = "test_time_memory", ("chunk",), False
+
+    @staticmethod
+    def _run(fn, inputs: TestTimeMemoryInputs, state, v: Tensor | None = None) -> tuple[Tensor, Any]:
+        return fn(
+            inputs.q, inputs.k, inputs.v if v is None else v, inputs.theta, inputs.log_eta, inputs.log_retain, state,
+            memory_batch=inputs.memory_batch, objective=inputs.objective, delta=inputs.delta, p=inputs.p,
+        )  # fmt: skip
+
+    def loop(self, inputs, state):
+        return self._run(test_time_memory_reference, inputs, state)
+
+    def parallel(self, inputs, state, mode):
+        return self._run(test_time_memory, inputs, state)
+
+    def operator(self, inputs):
+        if inputs.objective != "l2":
+            raise NotImplementedError(
+                f"engine {self.name!r}: the {inputs.objective!r} objective is nonlinear in the values; "
+                "only 'l2' has an operator"
+            )
+        batch, heads, length, _ = inputs.q.shape
+        eye = torch.eye(length, dtype=inputs.q.dtype, device=inputs.q.device)
+        return self._run(test_time_memory_reference, inputs, None, eye.expand(batch, heads, length, length))[0]
+
+    def mixer_io(self, inputs, out, chunk_size=None):
+        return inputs.v, out
+
+
+# -- S4: a time-invariant SSM with a diagonal-plus-low-rank state matrix -------------------------
+
+
+@dataclass
+class DPLRSSMInputs:
+    """``h_t = Ā h_{t-1} + B̄ u_t``, ``z_t = 2·Re(Σ_n C_n h_{t,n}) + D ⊙ u_t`` per channel, ``(Ā, B̄)`` the bilinear
+    discretisation of ``A = Λ - P P^*`` and ``B`` with step ``dt`` (:mod:`rnnzoo.ops.s4_kernel`; the first half of
+    each conjugate pair given): ``u`` real ``(batch, T, channels)``, ``Lambda, P, B, C`` complex
+    ``(channels, modes)``, ``dt`` and ``D`` ``(channels,)``."""
+
+    u: Tensor
+    Lambda: Tensor
+    P: Tensor
+    B: Tensor
+    C: Tensor
+    dt: Tensor
+    D: Tensor
+
+
+class DPLRSSMEngine(Engine):
+    """S4's engine: the convolution with the impulse response from the Cauchy kernel and the Woodbury identity
+    at the roots of unity (``"conv"``, :func:`~rnnzoo.ops.s4_kernel.dplr_ssm_convolution`), or the loop with the
+    dense ``Ā`` (:func:`~rnnzoo.ops.s4_kernel.dplr_ssm_reference`); outputs ``z``. One operator group per
+    channel, the Toeplitz matrix of the kernel plus ``D`` on the diagonal."""
+
+    name, parallel_modes, chunked = "dplr_ssm", ("conv",), False
+
+    @staticmethod
+    def _ssm(inputs: DPLRSSMInputs) -> tuple[Tensor, ...]:
+        return inputs.Lambda, inputs.P, inputs.B, inputs.C, inputs.dt
+
+    def loop(self, inputs, state):
+        A_bar, B_bar = dplr_bilinear(inputs.Lambda, inputs.P, inputs.B, inputs.dt)
+        z, h_last = dplr_ssm_reference(inputs.u, A_bar, B_bar, inputs.C, state)
+        return z + inputs.D * inputs.u, h_last
+
+    def parallel(self, inputs, state, mode):
+        z, h_last = dplr_ssm_convolution(inputs.u, *self._ssm(inputs), state)
+        return z + inputs.D * inputs.u, h_last
+
+    def operator(self, inputs):
+        batch, length, _ = inputs.u.shape
+        return _convolution_operator(dplr_ssm_kernel(*self._ssm(inputs), length), inputs.D, batch)
+
+    def mixer_io(self, inputs, out, chunk_size=None):
+        return channel_groups(inputs.u, out)
+
+    def eigenvalues(self, inputs):
+        """All ``2·modes`` eigenvalues of the full ``Ā`` per channel, in conjugate pairs (those of the real-linear
+        map on the kept half of the state), ``(batch, T, channels, 2·modes)``. Computed in float64: HiPPO-LegS's
+        eigenvalues are ill-conditioned in ``Λ, P`` (tests/test_s4.py)."""
+        wide = (t.to(torch.complex128) for t in (inputs.Lambda, inputs.P, inputs.B))
+        A_bar, _ = dplr_bilinear(*wide, inputs.dt.to(torch.float64))
+        return torch.linalg.eigvals(A_bar).to(inputs.Lambda.dtype).expand(*inputs.u.shape[:2], -1, -1)

@@ -13,13 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int
 from ..registry import register
-from .base import DiagonalState, EngineLayer, state_dtype
+from .base import DiagonalState, state_dtype
 from .engines import DiagonalSSMEngine, DiagonalSSMInputs
+from .lti_ssm import TimeInvariantSSM
 
 __all__ = ["S4D"]
 
@@ -30,7 +29,7 @@ __all__ = ["S4D"]
     paper="Gu et al. 2022, On the Parameterization and Initialization of Diagonal State Space Models",
     negative_eigenvalues=False,
 )
-class S4D(EngineLayer):
+class S4D(TimeInvariantSSM):
     """S4D, per channel (``d_model`` of them) and complex mode ``n`` (``d_state / 2``, conjugates implied):
 
     ``A = -exp(log_A_real) + i·A_imag``, ``Δ = exp(log_dt)``, ``Ā = exp(ΔA)``, ``B̄ = (Ā - 1)/A · B``,
@@ -61,43 +60,21 @@ class S4D(EngineLayer):
     def __init__(
         self, d_model: int, d_state: int = 64, dt_min: float = 0.001, dt_max: float = 0.1, mode: str = "auto"
     ) -> None:
-        super().__init__(d_model, mode)
-        if check_int("S4D", "d_state", d_state) % 2:
-            raise ValueError(f"S4D: `d_state` must be a positive even int (d_state/2 complex modes), got {d_state!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"S4D: need 0 < `dt_min` <= `dt_max`, got dt_min={dt_min}, dt_max={dt_max}")
-        self.d_state, self.dt_min, self.dt_max = d_state, dt_min, dt_max
+        super().__init__(d_model, d_state, dt_min, dt_max, mode)
         n_modes = d_state // 2
-        log_dt = torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = nn.Parameter(log_dt)
         self.log_A_real = nn.Parameter(torch.full((d_model, n_modes), math.log(0.5)))
         self.A_imag = nn.Parameter(math.pi * torch.arange(n_modes, dtype=torch.float32).repeat(d_model, 1))
-        self.C_re = nn.Parameter(torch.randn(d_model, n_modes) / math.sqrt(2))
-        self.C_im = nn.Parameter(torch.randn(d_model, n_modes) / math.sqrt(2))
-        self.D = nn.Parameter(torch.randn(d_model))
-        self.out_proj = nn.Linear(d_model, 2 * d_model)
-
-    def init_state(self, batch_size: int, device=None, dtype=None) -> DiagonalState:
-        kw = self._state_kwargs(device, dtype)
-        dtype = state_dtype(kw["dtype"], complex_state=True)
-        return DiagonalState(torch.zeros(batch_size, self.d_model, self.d_state // 2, device=kw["device"], dtype=dtype))
 
     def discretize(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(ΔA, Ā, B̄, C)``, each complex ``(d_model, d_state // 2)``, in at least float32."""
-        real = state_dtype(self.log_dt.dtype)
+        real = self.real_dtype()
         A = torch.complex(-torch.exp(self.log_A_real.to(real)), self.A_imag.to(real))
         dtA = torch.exp(self.log_dt.to(real))[:, None] * A
         A_bar = torch.exp(dtA)
-        return dtA, A_bar, (A_bar - 1) / A, torch.complex(self.C_re.to(real), self.C_im.to(real))
+        return dtA, A_bar, (A_bar - 1) / A, self.readout()
 
     def engine_inputs(self, x: Tensor, state: DiagonalState | None = None) -> tuple[DiagonalSSMInputs, None]:
         """The SSM of every channel on ``u = x`` in the state dtype; the engine's output is ``z``."""
         dtA, _, B_bar, C = self.discretize()
         u = x.to(state_dtype(x.dtype))
         return DiagonalSSMInputs(u, dtA, B_bar, C, self.D.to(u.dtype)), None
-
-    def read_output(self, x: Tensor, z: Tensor, h_last: Tensor, carry: None) -> tuple[Tensor, DiagonalState]:
-        return F.glu(self.out_proj(F.gelu(z.to(x.dtype))), dim=-1), DiagonalState(h_last)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, d_state={self.d_state}, dt_min={self.dt_min}, dt_max={self.dt_max}"
