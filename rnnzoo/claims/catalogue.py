@@ -228,6 +228,98 @@ def block_diagonal_regular() -> Claim:
     )
 
 
+GROUP_TASKS = {"a5": TaskSpec("a5"), "s5": TaskSpec("s5")}  # train 4–32, test 32, 64, 128
+
+
+def fixed_point_groups() -> Claim:
+    # both with eigenvalues in [-1, 1]: the diagonal baseline at its strongest on state tracking
+    models = {"fixed_point_rnn": _neg("fixed_point_rnn", "fixed_point_rnn"), "mamba": _neg("mamba", "mamba")}
+    arms = tuple(Arm(f"{m} / {t}", task, models[m]) for t, task in GROUP_TASKS.items() for m in models)
+    return Claim(
+        name="fixed-point-groups",
+        paper="Movahedi et al. 2025, Fixed-Point RNNs: Interpolating from Diagonal to Dense",
+        statement="A dense linear RNN computed as the fixed point of a diagonal one tracks state on A5 and S5 "
+        "better than a diagonal linear RNN at the same number of parameters.",
+        expected="fixed_point_rnn scaled accuracy at training lengths ≥ mamba's + 0.1 on A5 and on S5 (both with "
+        "eigenvalues in [-1,1])",
+        arms=arms,
+        rule=AllOf(tuple(Beats(f"fixed_point_rnn / {t}", f"mamba / {t}", "train", 0.1) for t in GROUP_TASKS)),
+        budget=Budget(params=40_000, steps=10_000),
+        quick_budget=Budget(params=30_000, steps=2000),
+        train=CLAIM_TRAIN,
+        tier=2,
+    )
+
+
+# Modular counting as a per-token running sum mod 5 (the paper's modular addition): cycle navigation, a pointer
+# moved −1, 0 or +1 by each token. (Modular arithmetic's separate +/− tokens would need the previous token's
+# sign at each digit, which no rotation can carry.)
+COUNTING = TaskSpec("cycle_navigation")
+
+
+def bilinear_counting() -> Claim:
+    arms = (
+        Arm("block / parity", PARITY, ModelSpec("bilinear", {"structure": "block"})),
+        *(Arm(f"{s} / counting", COUNTING, ModelSpec("bilinear", {"structure": s}))
+          for s in ("block", "rotation", "diagonal")),
+    )  # fmt: skip
+    return Claim(
+        name="bilinear-counting",
+        paper="Ebrahimi & Memisevic 2025, Revisiting Bi-Linear State Transitions in Recurrent Neural Networks",
+        statement="Bilinear state transitions with real, non-diagonal blocks solve parity and counting mod 5 and "
+        "extrapolate; 2×2 rotations suffice for counting; real diagonal transitions do not count mod 5.",
+        expected="bilinear block score ≥ 0.9 on parity and on counting mod 5 (cycle navigation), rotation ≥ 0.9 on "
+        "counting, diagonal < 0.9 on counting",
+        arms=arms,
+        rule=AllOf((
+            At("block / parity", "score", ">=", SUCCESS), At("block / counting", "score", ">=", SUCCESS),
+            At("rotation / counting", "score", ">=", SUCCESS), At("diagonal / counting", "score", "<", SUCCESS),
+        )),  # fmt: skip
+        budget=Budget(params=40_000, steps=10_000),
+        quick_budget=Budget(params=30_000, steps=3000),
+        train=CLAIM_TRAIN,
+        tier=2,
+    )
+
+
+MQAR = TaskSpec("mqar")
+RECALL_MARGIN = 0.02  # "better" in scaled MQAR accuracy: a small margin, fixed before any run
+
+
+def log_linear_mqar() -> Claim:
+    bases = ("mamba2", "gated_deltanet")
+    arms = tuple(Arm(m, MQAR, ModelSpec(m)) for b in bases for m in (b, f"log_linear_{b}"))
+    return Claim(
+        name="log-linear-mqar",
+        paper="Guo et al. 2025, Log-Linear Attention",
+        statement="Log-linear Mamba-2 and log-linear Gated DeltaNet (O(log T) states in Fenwick-tree buckets) "
+        "recall better on MQAR than the linear-time models they extend, at equal parameters.",
+        expected=f"log-linear scaled MQAR accuracy ≥ its base's + {RECALL_MARGIN:g}, for Mamba-2 and Gated DeltaNet",
+        arms=arms,
+        rule=AllOf(tuple(Beats(f"log_linear_{b}", b, "train", RECALL_MARGIN) for b in bases)),
+        budget=Budget(params=40_000, steps=8000),
+        quick_budget=Budget(params=40_000, steps=2500),
+        train=CLAIM_TRAIN,
+        tier=2,
+    )
+
+
+def mom_mqar() -> Claim:
+    return Claim(
+        name="mom-mqar",
+        paper="Du et al. 2025, MoM: Linear Sequence Modeling with Mixture-of-Memories",
+        statement="A mixture of Gated DeltaNet memories with a top-k router recalls better on MQAR than one Gated "
+        "DeltaNet memory, at equal parameters.",
+        expected=f"mom scaled MQAR accuracy ≥ gated_deltanet's + {RECALL_MARGIN:g}",
+        arms=(Arm("mom", MQAR, ModelSpec("mom")), Arm("gated_deltanet", MQAR, ModelSpec("gated_deltanet"))),
+        rule=Beats("mom", "gated_deltanet", "train", RECALL_MARGIN),
+        budget=Budget(params=40_000, steps=8000),
+        quick_budget=Budget(params=40_000, steps=2500),
+        train=CLAIM_TRAIN,
+        tier=2,
+    )
+
+
 STREAMING_LENGTHS = (2, 3, 4, 6, 8, 12, 16)
 # The paper's subject is one recurrent network, h_t = tanh(W h_{t-1} + U x_t), read out at every step: one
 # Elman block without an MLP, not the benchmark's two blocks with MLPs, whose extra depth can fit the
@@ -260,6 +352,7 @@ CLAIMS = {
     for c in (
         negative_eigenvalues_parity(), negative_eigenvalues_modular(), deltaproduct_s3(), zoology_mqar(),
         chomsky_attention(), just_read_twice(), state_passing(), streaming_parity(), block_diagonal_regular(),
+        fixed_point_groups(), bilinear_counting(), log_linear_mqar(), mom_mqar(),
     )
 }  # fmt: skip
 

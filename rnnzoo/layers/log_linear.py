@@ -159,21 +159,25 @@ class LogLinearEngine(Engine):
     def loop(self, inputs, state):
         self._check(inputs)
         base, lam = inputs.base, inputs.lam
-        batch, _, length, levels = lam.shape
+        batch, _, _, levels = lam.shape
         bucket = torch.arange(levels, device=lam.device)
         if state is None:
             S, position = None, torch.zeros(batch, dtype=torch.long, device=lam.device)
         else:
             S, position = state
         own = (bucket == 0).repeat(batch)[:, None]  # (B·L, 1): the input enters bucket 0 only
+        # split once: indexing a slice per token would give every token's backward a full-length zero tensor
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        steps = {k: t.split(1, dim=2) for k, t in fields.items() if isinstance(t, Tensor)}
         outs = []
-        for i in range(length):
-            token = _keep(_tile(_map(base, lambda t: t[:, :, i : i + 1]), levels), "v", own)
+        for i, lam_i in enumerate(lam.unbind(2)):
+            token = dataclasses.replace(base, **{k: parts[i] for k, parts in steps.items()})
+            token = _keep(_tile(token, levels), "v", own)
             if S is not None:
                 S = self._merge(S, position)
             o, S = self.base.loop(token, None if S is None else S.flatten(0, 1))
             S = S.unflatten(0, (batch, levels))
-            outs.append(torch.einsum("bhj,bjhd->bhd", lam[:, :, i], o.unflatten(0, (batch, levels))[:, :, :, 0]))
+            outs.append(torch.einsum("bhj,bjhd->bhd", lam_i, o.unflatten(0, (batch, levels))[:, :, :, 0]))
             position = position + 1
         return torch.stack(outs, 2), (S, position)
 

@@ -54,10 +54,10 @@ def fixed_point_scan_reference(
     _check(lam, b, rho, u, state, num_iterations)
     prev = b.new_zeros(b.shape[0], num_iterations, *b.shape[2:]) if state is None else state
     outs = []
-    for t in range(b.shape[1]):
-        below, iterates = torch.zeros_like(b[:, t]), []
+    for lam_t, b_t, rho_t, u_t in zip(*(t.unbind(1) for t in (lam, b, rho, u))):  # unbind: no O(T) slice backward
+        below, iterates = torch.zeros_like(b_t), []
         for ell in range(num_iterations):
-            below = lam[:, t] * prev[:, ell] + householder_mix(below, rho[:, t], u[:, t]) + b[:, t]
+            below = lam_t * prev[:, ell] + householder_mix(below, rho_t, u_t) + b_t
             iterates.append(below)
         prev = torch.stack(iterates, 1)
         outs.append(below)

@@ -137,7 +137,9 @@ def dplr_ssm_reference(
     h = u.new_zeros(u.shape[0], *C.shape, dtype=C.dtype) if h0 is None else h0.to(C.dtype)
     zs = []
     for u_t in u.unbind(1):
-        h = (same @ h[..., None] + crossed @ h.conj()[..., None]).squeeze(-1) + B_in * u_t[..., None].to(C.dtype)
+        # per channel, batch as the matmul's rows: a broadcast `Ā @ h` would copy Ā for every row and step
+        h = torch.einsum("cnm,bcm->bcn", same, h) + torch.einsum("cnm,bcm->bcn", crossed, h.conj())
+        h = h + B_in * u_t[..., None].to(C.dtype)
         zs.append(2 * (C * h).sum(-1).real)
     return torch.stack(zs, 1), h
 

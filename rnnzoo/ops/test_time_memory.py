@@ -148,12 +148,12 @@ def test_time_memory_reference(
     base, M, U, position = state
     eta, retain = torch.exp(log_eta), torch.exp(log_retain)
     outs = []
-    for t in range(q.shape[2]):
-        error = torch.einsum("bhkv,bhk->bhv", base, k[:, :, t]) - v[:, :, t]
+    for q_t, k_t, v_t, theta_t, eta_t, retain_t in zip(*(t.unbind(2) for t in (q, k, v, theta, eta, retain))):
+        error = torch.einsum("bhkv,bhk->bhv", base, k_t) - v_t
         psi = attentional_bias_gradient(error, objective, delta, p)
-        U = eta[:, :, t, None, None] * U - theta[:, :, t, None, None] * k[:, :, t, :, None] * psi[..., None, :]
-        M = retain[:, :, t, None, None] * M + U
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t], M))
+        U = eta_t[..., None, None] * U - theta_t[..., None, None] * k_t[..., :, None] * psi[..., None, :]
+        M = retain_t[..., None, None] * M + U
+        outs.append(torch.einsum("bhk,bhkv->bhv", q_t, M))
         position = (position + 1) % memory_batch
         base = torch.where((position == 0)[:, None, None, None], M, base)  # a mini-batch ends: the next starts at M
     return torch.stack(outs, 2).to(output_dtype(out_dtype, M.dtype)), (base, M, U, position)
