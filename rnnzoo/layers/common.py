@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "ROTARY_BASE", "dt_bias_init", "head_size", "l2_normalize", "lower_bound_buffer", "merge_heads", "norm_gate",
-    "rotate", "rotate_pairs", "split_heads", "state_dtype", "widen_log_decay",
+    "ROTARY_BASE", "dt_bias_init", "head_size", "key_value_dims", "l2_normalize", "lower_bound_buffer", "merge_heads",
+    "norm_gate", "rotate", "rotate_pairs", "split_heads", "state_dtype", "widen_log_decay",
 ]  # fmt: skip
 
 
@@ -31,6 +31,20 @@ def head_size(owner: str, name: str, total: int, num_heads: int) -> int:
     if total < 1 or total % num_heads:
         raise ValueError(f"{owner}: `num_heads`={num_heads} must divide {name}={total}")
     return total // num_heads
+
+
+def key_value_dims(
+    owner: str, d_model: int, num_heads: int, expand_k: float, expand_v: float
+) -> tuple[int, int, int, int]:
+    """``(key_dim, value_dim, head_k, head_v)`` of a matrix-state layer: ``round(expand · d_model)`` split over
+    ``num_heads``; a ``ValueError`` naming the argument unless each ``expand`` is positive and the heads divide."""
+    for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
+        if not expand > 0:
+            raise ValueError(f"{owner}: `{name}` must be > 0, got {expand!r}")
+    key_dim, value_dim = round(expand_k * d_model), round(expand_v * d_model)
+    head_k = head_size(owner, "key dim round(expand_k * d_model)", key_dim, num_heads)
+    head_v = head_size(owner, "value dim round(expand_v * d_model)", value_dim, num_heads)
+    return key_dim, value_dim, head_k, head_v
 
 
 def split_heads(t: Tensor, num_heads: int, dtype: torch.dtype) -> Tensor:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..ops.opaque import traceable
 from .base import state_dtype
 
-__all__ = ["CausalConv1d", "causal_conv1d"]
+__all__ = ["CausalConv1d", "causal_conv1d", "qkv_short_convs"]
 
 
 def _taps(weight: Tensor) -> Tensor:
@@ -131,3 +131,11 @@ class CausalConv1d(nn.Module):
         """``x`` ``(B, T, C)`` -> ``(y (B, T, C), new state (B, C, K-1))``."""
         y, new_state = causal_conv1d(x, state, self.weight, self.bias)
         return y, new_state.to(state_dtype(x.dtype))
+
+
+def qkv_short_convs(layer: nn.Module, x: Tensor, state) -> list[tuple[Tensor, Tensor]]:
+    """``[(y, new conv state)]`` for q, k and v of a layer with short convolutions: ``x`` through
+    ``layer.{q,k,v}_proj`` then ``layer.{q,k,v}_conv``, from ``state.conv_{q,k,v}`` (zeros if ``state`` is None)."""
+    convs = (None,) * 3 if state is None else (state.conv_q, state.conv_k, state.conv_v)
+    projs, conv_layers = (layer.q_proj, layer.k_proj, layer.v_proj), (layer.q_conv, layer.k_conv, layer.v_conv)
+    return [conv(proj(x), c) for proj, conv, c in zip(projs, conv_layers, convs)]

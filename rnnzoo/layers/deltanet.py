@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..registry import register
 from .base import EngineLayer, RecurrentState, state_dtype
-from .common import dt_bias_init, head_size, l2_normalize, merge_heads, norm_gate, split_heads
-from .conv import CausalConv1d
+from .common import dt_bias_init, key_value_dims, l2_normalize, merge_heads, norm_gate, split_heads
+from .conv import CausalConv1d, qkv_short_convs
 from .engines import DeltaRuleEngine, DeltaRuleInputs
 
 __all__ = ["DeltaNet", "DeltaNetState", "DeltaProduct", "GatedDeltaNet"]
@@ -86,12 +86,7 @@ class _DeltaRuleLayer(EngineLayer):
         self.num_heads = check_int(owner, "num_heads", num_heads)
         self.num_householder = check_int(owner, "num_householder", num_householder)
         check_int(owner, "d_conv", d_conv)
-        for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
-            if not expand > 0:
-                raise ValueError(f"{owner}: `{name}` must be > 0, got {expand!r}")
-        key_dim, value_dim = round(expand_k * d_model), round(expand_v * d_model)
-        self.head_k = head_size(owner, "key dim round(expand_k * d_model)", key_dim, num_heads)
-        self.head_v = head_size(owner, "value dim round(expand_v * d_model)", value_dim, num_heads)
+        key_dim, value_dim, self.head_k, self.head_v = key_value_dims(owner, d_model, num_heads, expand_k, expand_v)
         self.negative_eigenvalues, self.decay, self.gate = negative_eigenvalues, decay, gate
         n = num_householder
         self.q_proj = nn.Linear(d_model, key_dim, bias=False)
@@ -122,9 +117,7 @@ class _DeltaRuleLayer(EngineLayer):
         ``(B, H, T·n, d_v)``, ``beta`` and ``log_alpha`` ``(B, H, T·n)``, ``log_alpha`` ``None`` without decay);
         carries the three new conv states."""
         dtype, n, H = state_dtype(x.dtype), self.num_householder, self.num_heads
-        convs = (None,) * 3 if state is None else (state.conv_q, state.conv_k, state.conv_v)
-        projs, conv_layers = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv, self.k_conv, self.v_conv)
-        outs = [conv(proj(x), c) for proj, conv, c in zip(projs, conv_layers, convs)]
+        outs = qkv_short_convs(self, x, state)
         q, k, v = (split_heads(F.silu(interleave(y, m)), H, dtype) for (y, _), m in zip(outs, (1, n, n)))
         q, k = l2_normalize(q), l2_normalize(k)
         beta = split_heads(interleave(self.b_proj(x), n), H, dtype).squeeze(-1).sigmoid()

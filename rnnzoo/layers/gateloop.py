@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..registry import register
 from .base import EngineLayer, MatrixState, state_dtype
-from .common import head_size, norm_gate, split_heads
+from .common import key_value_dims, norm_gate, split_heads
 from .engines import MatrixEngine, MatrixInputs
 
 __all__ = ["GateLoop"]
@@ -63,12 +63,8 @@ class GateLoop(EngineLayer):
     ) -> None:
         super().__init__(d_model, mode)
         self.num_heads = check_int("GateLoop", "num_heads", num_heads)
-        for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
-            if not expand > 0:
-                raise ValueError(f"GateLoop: `{name}` must be > 0, got {expand!r}")
-        key_dim, value_dim = round(expand_k * d_model), round(expand_v * d_model)
-        self.head_k = head_size("GateLoop", "key dim round(expand_k * d_model)", key_dim, num_heads)
-        self.head_v = head_size("GateLoop", "value dim round(expand_v * d_model)", value_dim, num_heads)
+        dims = key_value_dims("GateLoop", d_model, num_heads, expand_k, expand_v)
+        key_dim, value_dim, self.head_k, self.head_v = dims
         self.q_proj = nn.Linear(d_model, 2 * key_dim, bias=False)  # real parts, then imaginary parts
         self.k_proj = nn.Linear(d_model, 2 * key_dim, bias=False)
         self.v_proj = nn.Linear(d_model, value_dim, bias=False)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..registry import register
 from .base import EngineLayer, MatrixState, state_dtype
-from .common import head_size, norm_gate, split_heads, widen_log_decay
+from .common import key_value_dims, norm_gate, split_heads, widen_log_decay
 from .engines import MatrixEngine, MatrixInputs
 
 __all__ = ["GLA"]
@@ -68,12 +68,7 @@ class GLA(EngineLayer):
         check_int("GLA", "gate_low_rank_dim", gate_low_rank_dim)
         if not gate_logit_normalizer > 0:
             raise ValueError(f"GLA: `gate_logit_normalizer` must be > 0, got {gate_logit_normalizer!r}")
-        for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
-            if not expand > 0:
-                raise ValueError(f"GLA: `{name}` must be > 0, got {expand!r}")
-        key_dim, value_dim = round(expand_k * d_model), round(expand_v * d_model)
-        self.head_k = head_size("GLA", "key dim round(expand_k * d_model)", key_dim, num_heads)
-        self.head_v = head_size("GLA", "value dim round(expand_v * d_model)", value_dim, num_heads)
+        key_dim, value_dim, self.head_k, self.head_v = key_value_dims("GLA", d_model, num_heads, expand_k, expand_v)
         self.gate_logit_normalizer = gate_logit_normalizer
         self.negative_eigenvalues = negative_eigenvalues
         self.q_proj = nn.Linear(d_model, key_dim, bias=False)

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from .._checks import check_int
 from ..registry import register
 from .base import EngineLayer, state_dtype
-from .common import dt_bias_init, head_size, l2_normalize, norm_gate, split_heads
-from .conv import CausalConv1d
+from .common import dt_bias_init, key_value_dims, l2_normalize, norm_gate, split_heads
+from .conv import CausalConv1d, qkv_short_convs
 from .deltanet import DeltaNetState
 from .engines import DeltaRuleEngine, DeltaRuleInputs
 
@@ -74,12 +74,7 @@ class MixtureOfMemories(EngineLayer):
         if top_k > num_memories:
             raise ValueError(f"{owner}: `top_k` must be <= num_memories ({num_memories}), got {top_k}")
         check_int(owner, "d_conv", d_conv)
-        for name, expand in (("expand_k", expand_k), ("expand_v", expand_v)):
-            if not expand > 0:
-                raise ValueError(f"{owner}: `{name}` must be > 0, got {expand!r}")
-        key_dim, value_dim = round(expand_k * d_model), round(expand_v * d_model)
-        self.head_k = head_size(owner, "key dim round(expand_k * d_model)", key_dim, num_heads)
-        self.head_v = head_size(owner, "value dim round(expand_v * d_model)", value_dim, num_heads)
+        key_dim, value_dim, self.head_k, self.head_v = key_value_dims(owner, d_model, num_heads, expand_k, expand_v)
         self.shared_memory, self.negative_eigenvalues = shared_memory, negative_eigenvalues
         self.total_memories = m = num_memories + int(shared_memory)
         self.router = nn.Linear(d_model, num_memories, bias=False)
@@ -124,9 +119,7 @@ class MixtureOfMemories(EngineLayer):
         """Engine-4 inputs with the memories as heads (memory-major): ``q`` repeated per memory, ``β`` and
         ``log α`` zero where a memory is skipped; carries the read-out weights and the new conv states."""
         dtype, H, M = state_dtype(x.dtype), self.num_heads, self.total_memories
-        convs = (None,) * 3 if state is None else (state.conv_q, state.conv_k, state.conv_v)
-        projs, conv_layers = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv, self.k_conv, self.v_conv)
-        outs = [conv(proj(x), c) for proj, conv, c in zip(projs, conv_layers, convs)]
+        outs = qkv_short_convs(self, x, state)
         q = l2_normalize(split_heads(F.silu(outs[0][0]), H, dtype)).repeat(1, M, 1, 1)
         k = l2_normalize(split_heads(F.silu(outs[1][0]), M * H, dtype))
         v = split_heads(F.silu(outs[2][0]), M * H, dtype)

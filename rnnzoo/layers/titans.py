@@ -25,7 +25,7 @@ from ..ops.test_time_memory import OBJECTIVES
 from ..registry import register
 from .base import EngineLayer, RecurrentState, state_dtype
 from .common import head_size, l2_normalize, norm_gate, split_heads
-from .conv import CausalConv1d
+from .conv import CausalConv1d, qkv_short_convs
 from .engines import TestTimeMemoryEngine, TestTimeMemoryInputs
 
 __all__ = ["TestTimeMemory", "TitansState"]
@@ -150,9 +150,7 @@ class TestTimeMemory(EngineLayer):
         """The engine's inputs in the state dtype (``q, k, v`` ``(B, H, T, d)``, gates ``(B, H, T)``); carries the
         three new conv states."""
         dtype, H = state_dtype(x.dtype), self.num_heads
-        convs = (None,) * 3 if state is None else (state.conv_q, state.conv_k, state.conv_v)
-        projs, conv_layers = (self.q_proj, self.k_proj, self.v_proj), (self.q_conv, self.k_conv, self.v_conv)
-        outs = [conv(proj(x), c) for proj, conv, c in zip(projs, conv_layers, convs)]
+        outs = qkv_short_convs(self, x, state)
         q, k, v = (split_heads(F.silu(y), H, dtype) for y, _ in outs)
         theta, eta, alpha = (
             proj(x).to(dtype).transpose(1, 2) for proj in (self.theta_proj, self.eta_proj, self.alpha_proj)
