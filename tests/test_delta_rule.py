@@ -9,16 +9,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forms import assert_float32_close, strong_decay_cases
-from rnnzoo.ops.delta_rule import _unit_lower_inverse, default_chunk_size, delta_rule, delta_rule_reference
+from rnnzoo.ops.delta_rule import (
+    _unit_lower_inverse,
+    default_chunk_size,
+    delta_rule,
+    delta_rule_reference,
+    loop_is_faster,
+)  # fmt: skip
+from rnnzoo.ops.delta_rule_loop import delta_rule_loop
 
 
-def make_inputs(batch, heads, length, d_k, d_v, beta_max=1.0, gated=True, decay=1.0, h0=True, seed=0, dtype=torch.float64):
+def make_inputs(
+    batch, heads, length, d_k, d_v, beta_max=1.0, gated=True, decay=1.0, h0=True, seed=0, dtype=torch.float64,
+    substeps=1,
+):  # fmt: skip
+    """Random inputs; ``substeps`` delta steps per token (k, v, β over ``length · substeps`` steps)."""
     gen = torch.Generator().manual_seed(seed)
     rand = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    steps = length * substeps
     q = rand(batch, heads, length, d_k)
-    k = F.normalize(rand(batch, heads, length, d_k), dim=-1)
-    v = rand(batch, heads, length, d_v)
-    beta = beta_max * torch.rand(batch, heads, length, generator=gen, dtype=torch.float64)
+    k = F.normalize(rand(batch, heads, steps, d_k), dim=-1)
+    v = rand(batch, heads, steps, d_v)
+    beta = beta_max * torch.rand(batch, heads, steps, generator=gen, dtype=torch.float64)
     log_alpha = -decay * torch.rand(batch, heads, length, generator=gen, dtype=torch.float64) if gated else None
     state = rand(batch, heads, d_k, d_v) if h0 else None
     return tuple(None if t is None else t.to(dtype) for t in (q, k, v, beta, log_alpha, state))
@@ -33,8 +45,8 @@ def outputs_and_grads(fn, inputs, **kw):
     return [out, last, *torch.autograd.grad(loss, [t for t in leaves if t is not None])]
 
 
-def assert_chunk_matches_reference(inputs, rtol=1e-10, atol=1e-10, **kw):
-    got = outputs_and_grads(delta_rule, inputs, **kw)
+def assert_chunk_matches_reference(inputs, rtol=1e-10, atol=1e-10, fn=delta_rule, **kw):
+    got = outputs_and_grads(fn, inputs, **kw)
     want = outputs_and_grads(delta_rule_reference, inputs)
     for i, (x, y) in enumerate(zip(got, want)):
         torch.testing.assert_close(x.detach(), y.detach(), rtol=rtol, atol=atol, msg=lambda m: f"output {i}: {m}")
@@ -160,6 +172,75 @@ def test_bad_inputs():
         delta_rule(q[:, :, :0], q[:, :, :0], q[:, :, :0], beta[:, :, :0])
     with pytest.raises(TypeError, match="floating-point"):
         delta_rule(q.long(), q, q, beta)
+    with pytest.raises(ValueError, match="`q` must have shape .* T dividing the 5 steps"):
+        delta_rule(q[:, :, :2], q, q, beta)
+    with pytest.raises(ValueError, match="`log_alpha` must have shape"):
+        delta_rule(q, q, q, beta, -torch.ones(1, 2, 4))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    heads=st.integers(1, 2),
+    length=st.integers(1, 30),
+    substeps=st.integers(1, 3),
+    d_k=st.integers(1, 6),
+    d_v=st.integers(1, 5),
+    beta_max=st.sampled_from([1.0, 2.0]),
+    gated=st.booleans(),
+    h0=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_loop_matches_reference_random_shapes(
+    batch, heads, length, substeps, d_k, d_v, beta_max, gated, h0, seed
+):
+    """The fused loop (batch-last, hand-written backward) against the reference: outputs, final state and
+    every gradient, with one to three delta steps per token."""
+    inputs = make_inputs(batch, heads, length, d_k, d_v, beta_max, gated, h0=h0, seed=seed, substeps=substeps)
+    assert_chunk_matches_reference(inputs, fn=delta_rule_loop)
+
+
+@pytest.mark.parametrize("substeps", [2, 3])
+@pytest.mark.parametrize("chunk", [None, 1, 4, 16])
+@pytest.mark.parametrize("length", [1, 7, 20])
+def test_chunkwise_substeps_match_reference(substeps, chunk, length):
+    """The chunkwise form over ``T·n`` delta steps (q on each token's last, the decay on its first)."""
+    inputs = make_inputs(2, 2, length, 4, 3, beta_max=2.0, seed=length, substeps=substeps)
+    assert_chunk_matches_reference(inputs, chunk_size=chunk)
+
+
+@pytest.mark.parametrize(
+    "length, substeps, gated, h0", [(1, 1, True, True), (5, 1, True, True), (4, 2, True, False), (3, 3, False, True)]
+)
+def test_fused_loop_gradcheck(length, substeps, gated, h0):
+    q, k, v, beta, _, state = make_inputs(2, 1, length, 3, 2, beta_max=2.0, h0=h0, seed=length, substeps=substeps)
+    log_alpha = -0.05 - torch.rand(2, 1, length, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    beta = beta.clamp(0.01, 1.99)  # finite differences stay inside [0, 2]
+    inputs = [q, k, v, beta, log_alpha if gated else None, state]
+    leaves = [None if t is None else t.requires_grad_(True) for t in inputs]
+    assert torch.autograd.gradcheck(delta_rule_loop, leaves)
+
+
+def test_fused_loop_float32_matches_float64_reference():
+    """At the capability benchmark's shape (256 sequences of 9-wide heads), where delta_rule runs the loop."""
+    inputs = make_inputs(64, 4, 40, 9, 9, beta_max=2.0, seed=5)
+    assert loop_is_faster(64 * 4, 9, 9)
+    want = outputs_and_grads(delta_rule_reference, inputs)
+    got = outputs_and_grads(delta_rule, tuple(t.float() for t in inputs))
+    for x, y in zip(got, want):
+        assert x.dtype == torch.float32
+        assert_float32_close(x, y)
+
+
+def test_loop_or_chunks_from_the_shapes():
+    """The loop for many thin heads on CPU; chunks for few sequences, wide heads, or another device."""
+    assert loop_is_faster(256, 9, 9) and loop_is_faster(256, 7, 14) and loop_is_faster(256, 16, 16)
+    assert not loop_is_faster(4, 8, 8) and not loop_is_faster(32, 64, 64) and not loop_is_faster(256, 32, 32)
+    assert not loop_is_faster(256, 9, 9, "meta")
+    inputs = make_inputs(32, 4, 13, 9, 9, beta_max=2.0, seed=2)
+    looped, chunked = outputs_and_grads(delta_rule, inputs), outputs_and_grads(delta_rule, inputs, chunk_size=8)
+    for x, y in zip(looped, chunked):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("size", [1, 5, 16, 24, 64, 100])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from rnnzoo.layers import DeltaNet, DeltaProduct, GatedDeltaNet
-from rnnzoo.ops.delta_rule import delta_rule_reference
+from rnnzoo.ops.delta_rule import delta_rule_reference, loop_is_faster
 
 D_MODEL = 8
 
@@ -78,6 +78,25 @@ def test_matches_per_token_loop(cls, kw, negative):
         torch.testing.assert_close(state.S, S_ref, rtol=1e-9, atol=1e-10, msg=lambda m: f"{mode}: {m}")
 
 
+@pytest.mark.parametrize("cls,kw", LAYERS)
+def test_fused_loop_in_the_layer(cls, kw):
+    """With many sequences (where the engine runs its fused loop) the chunk mode, from a carried state,
+    gives the per-token loop's outputs, state and input gradients."""
+    layer = make(cls, **kw)
+    assert loop_is_faster(64 * layer.num_heads, layer.head_k, layer.head_v)
+    x = torch.randn(64, 9, D_MODEL, dtype=torch.float64, requires_grad=True)
+    prefix = torch.randn(64, 3, D_MODEL, dtype=torch.float64)
+    state = layer(prefix, mode="recurrent")[1]
+    got = layer(x, state, mode="chunk")
+    want = layer(x, state, mode="recurrent")
+    torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(got[1].S, want[1].S, rtol=1e-9, atol=1e-10)
+    weights = torch.randn_like(got[0])
+    (grad_got,) = torch.autograd.grad((got[0] * weights).sum(), x)
+    (grad_want,) = torch.autograd.grad((want[0] * weights).sum(), x)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-9, atol=1e-10)
+
+
 def test_one_householder_step_is_gated_deltanet():
     gated = make(GatedDeltaNet)
     product = DeltaProduct(D_MODEL, num_householder=1).double()
@@ -95,7 +114,7 @@ def test_deltaproduct_operator_groups_sum_to_the_output():
     V, Y = layer.mixer_io(x)
     assert V.shape == Y.shape == (2, layer.num_heads * 3, 20, layer.head_v)
     inputs = layer.engine_inputs(x)[0]
-    o = delta_rule_reference(inputs.q, inputs.k, inputs.v, inputs.beta, inputs.log_alpha)[0][:, :, 2::3]  # the last sub-step of each token
+    o = delta_rule_reference(inputs.q, inputs.k, inputs.v, inputs.beta, inputs.log_alpha)[0]
     torch.testing.assert_close(Y.unflatten(1, (layer.num_heads, 3)).sum(2), o, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(layer.materialize(x) @ V, Y, rtol=1e-10, atol=1e-12)
 

@@ -67,8 +67,9 @@ class _CausalConv(torch.autograd.Function):
             grad_padded[:, k : k + length].addcmul_(grad_y, taps[k])
         grad_padded[:, length:] += grad_state.mT
         grad_weight = None
-        if ctx.needs_input_grad[2]:
-            per_tap = [(padded[:, k : k + length] * grad_y).sum((0, 1)) for k in range(size)]
+        if ctx.needs_input_grad[2]:  # the products go through one workspace: a fresh block per tap costs more
+            work = torch.empty_like(grad_y)
+            per_tap = [torch.mul(padded[:, k : k + length], grad_y, out=work).sum((0, 1)) for k in range(size)]
             grad_weight = torch.stack(per_tap, 1).view_as(weight)
         grad_bias = grad_y.sum((0, 1)) if ctx.has_bias and ctx.needs_input_grad[3] else None
         grad_state_in = grad_padded[:, : size - 1].mT if ctx.has_state else None

@@ -58,9 +58,7 @@ class _DeltaRuleLayer(EngineLayer):
         o_t = S_{t,n}^T q_t
         y_t = W_o (RMSNorm_h(o_t) ⊙ SiLU(W_g x_t))     (gate=True; else W_o RMSNorm_h(o_t))
 
-    The ``n`` sub-steps run on the same engine as a sequence ``n`` times longer:
-    ``log α`` on the first sub-step of each token and 0 on the others, ``q`` on
-    the last (zeros elsewhere), the output read at every ``n``-th step.
+    The engine takes the ``n`` sub-steps natively (:class:`~rnnzoo.layers.engines.DeltaRuleInputs`).
     """
 
     engine = DeltaRuleEngine()
@@ -113,9 +111,9 @@ class _DeltaRuleLayer(EngineLayer):
         return DeltaNetState(*convs, S)
 
     def engine_inputs(self, x: Tensor, state: DeltaNetState | None = None) -> tuple[DeltaRuleInputs, tuple]:
-        """Engine-4 inputs over the ``T·n`` sub-steps, in the state dtype (``q, k`` ``(B, H, T·n, d_k)``, ``v``
-        ``(B, H, T·n, d_v)``, ``beta`` and ``log_alpha`` ``(B, H, T·n)``, ``log_alpha`` ``None`` without decay);
-        carries the three new conv states."""
+        """Engine-4 inputs in the state dtype: ``q`` ``(B, H, T, d_k)`` and ``log_alpha`` ``(B, H, T)`` (``None``
+        without decay) per token, ``k`` ``(B, H, T·n, d_k)``, ``v`` ``(B, H, T·n, d_v)`` and ``beta``
+        ``(B, H, T·n)`` per sub-step; carries the three new conv states."""
         dtype, n, H = state_dtype(x.dtype), self.num_householder, self.num_heads
         outs = qkv_short_convs(self, x, state)
         q, k, v = (split_heads(F.silu(interleave(y, m)), H, dtype) for (y, _), m in zip(outs, (1, n, n)))
@@ -123,12 +121,10 @@ class _DeltaRuleLayer(EngineLayer):
         beta = split_heads(interleave(self.b_proj(x), n), H, dtype).squeeze(-1).sigmoid()
         if self.negative_eigenvalues:
             beta = 2 * beta
-        q = F.pad(q.unsqueeze(3), (0, 0, n - 1, 0)).flatten(2, 3)  # q on the last sub-step of each token
         log_alpha = None
         if self.decay:
             dt = F.softplus(self.a_proj(x).to(dtype) + self.dt_bias.to(dtype)).transpose(1, 2)  # (B, H, T)
             log_alpha = dt * -torch.exp(self.A_log.to(dtype))[:, None]
-            log_alpha = F.pad(log_alpha.unsqueeze(-1), (0, n - 1)).flatten(2, 3)  # on the first sub-step
         return DeltaRuleInputs(q, k, v, beta, log_alpha, n), tuple(c for _, c in outs)
 
     def read_output(self, x: Tensor, o: Tensor, S: Tensor, convs: tuple) -> tuple[Tensor, DeltaNetState]:

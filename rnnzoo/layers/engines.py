@@ -465,11 +465,11 @@ class MLSTMEngine(Engine):
 
 @dataclass
 class DeltaRuleInputs:
-    """``S_j = α_j (I - β_j k_j k_j^T) S_{j-1} + β_j k_j v_j^T``, ``o_j = S_j^T q_j`` per head over ``T·n`` steps,
-    ``n = num_householder`` per token (DeltaProduct; sub-steps of a token consecutive, ``q`` zero but on the
-    last, ``log_alpha`` zero but on the first): ``q, k`` ``(batch, heads, T·n, d_k)``, ``v``
-    ``(batch, heads, T·n, d_v)``, ``beta`` and ``log_alpha`` (or ``None``: α = 1) ``(batch, heads, T·n)``.
-    The output of token ``t`` is that of its last sub-step."""
+    """``S_j = α_j (I - β_j k_j k_j^T) S_{j-1} + β_j k_j v_j^T``, ``o_j = S_j^T q_j`` per head with
+    ``n = num_householder`` delta steps (sub-steps) per token (DeltaProduct; a token's sub-steps consecutive,
+    the decay before its first, the read-out after its last): ``q`` ``(batch, heads, T, d_k)`` and
+    ``log_alpha`` (or ``None``: α = 1) ``(batch, heads, T)`` per token; ``k`` ``(batch, heads, T·n, d_k)``,
+    ``v`` ``(batch, heads, T·n, d_v)`` and ``beta`` ``(batch, heads, T·n)`` per sub-step."""
 
     q: Tensor
     k: Tensor
@@ -487,9 +487,7 @@ class DeltaRuleEngine(Engine):
     name, parallel_modes = "delta_rule", ("chunk",)
 
     def _run(self, fn, inputs: DeltaRuleInputs, state, **kwargs):
-        o, S = fn(inputs.q, inputs.k, inputs.v, inputs.beta, inputs.log_alpha, state, **kwargs)
-        n = inputs.num_householder
-        return o[:, :, n - 1 :: n], S
+        return fn(inputs.q, inputs.k, inputs.v, inputs.beta, inputs.log_alpha, state, **kwargs)
 
     def loop(self, inputs, state):
         return self._run(delta_rule_reference, inputs, state)
@@ -532,7 +530,7 @@ class DeltaRuleEngine(Engine):
         real. Several: all ``d_k`` eigenvalues of ``α_t Π_j (I - β_j k_j k_j^T)`` (later sub-steps on the
         left), ``(batch, T, heads, d_k)``, complex in general (real and in [0, 1] when every β <= 1)."""
         k, beta, n = inputs.k, inputs.beta, inputs.num_householder
-        alpha = torch.ones_like(beta[..., ::n]) if inputs.log_alpha is None else torch.exp(inputs.log_alpha[..., ::n])
+        alpha = torch.ones_like(beta[..., ::n]) if inputs.log_alpha is None else torch.exp(inputs.log_alpha)
         if n == 1:
             return torch.stack([alpha, alpha * (1 - beta)], -1).transpose(1, 2)
         eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)

@@ -7,9 +7,17 @@ head, ``S`` is ``d_k × d_v``; ``k_t`` should be L2-normalised (the layers do it
 ``β_t ∈ [0, 2]`` (``β > 1`` gives the transition a negative eigenvalue ``1 - β``);
 ``α_t`` is a scalar per head, given as ``log_alpha <= 0`` (``None``: α = 1).
 
-Two forms, equal to float tolerance:
+With ``n`` delta steps per token (DeltaProduct), ``q`` and ``log_alpha`` have ``T`` steps and ``k``, ``v``,
+``beta`` ``T·n``: the decay acts before each token's first delta step, the read-out after its last, and
+the outputs are per token. The chunkwise form runs the ``T·n`` steps as a sequence, with ``q`` zero but on
+each token's last step and ``log α`` zero but on its first.
+
+Three forms, equal to float tolerance:
 
 * :func:`delta_rule_reference`: the recurrent form, a loop over time.
+* :func:`~rnnzoo.ops.delta_rule_loop.delta_rule_loop`: the same loop fused, in a batch-last layout with a
+  hand-written backward; :func:`delta_rule` runs it where it is faster (:func:`loop_is_faster`: many thin
+  heads on CPU).
 * :func:`delta_rule`: the chunkwise form. Inside a chunk of C tokens, with
   ``γ_t`` the decay since the chunk start, ``Γ_ti = γ_t/γ_i`` (i <= t, else 0)
   and ``S_0`` the state before the chunk, the states are
@@ -38,17 +46,25 @@ from torch import Tensor
 
 from .._checks import check_heads, check_int, checking_values
 from .decay import log_ratios, running_sum
+from .delta_rule_loop import delta_rule_loop
 from .dtypes import compute_dtype, output_dtype
 from .gated_linear_attention import MIN_LOG_DECAY, least_padding_chunk
 from .opaque import traceable
 
-__all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference"]
+__all__ = ["delta_rule", "delta_rule_flops", "delta_rule_reference", "loop_is_faster"]
 
 
 def _check(q, k, v, beta, log_alpha, h0, where: str):
+    """Checks and casts the inputs; returns them and ``n``, the delta steps per token."""
     if h0 is not None and (not isinstance(h0, Tensor) or not h0.is_floating_point()):
         raise TypeError(f"{where}: `h0` must be a floating-point torch.Tensor")
-    batch, heads, _, d_k, d_v = check_heads(where, q=q, k=k, v=v, beta=beta, log_alpha=log_alpha)
+    batch, heads, steps, d_k, d_v = check_heads(where, q=k, k=k, v=v, beta=beta)
+    check_heads(where, q=q, k=q, v=q, log_alpha=log_alpha)
+    if q.shape[:2] != (batch, heads) or q.shape[-1] != d_k or steps % q.shape[2]:
+        raise ValueError(
+            f"{where}: `q` must have shape ({batch}, {heads}, T, {d_k}) with T dividing the {steps} steps of `k`, "
+            f"got {tuple(q.shape)}"
+        )  # fmt: skip
     if checking_values():
         low, high = (float(x) for x in torch.aminmax(beta.detach()))
         if low < 0 or high > 2:
@@ -60,7 +76,16 @@ def _check(q, k, v, beta, log_alpha, h0, where: str):
     dtype = compute_dtype(q.dtype)
     cast = lambda t: None if t is None else t.to(dtype)
     log_alpha = None if log_alpha is None else cast(log_alpha).clamp(min=MIN_LOG_DECAY)
-    return cast(q), cast(k), cast(v), cast(beta), log_alpha, cast(h0)
+    return cast(q), cast(k), cast(v), cast(beta), log_alpha, cast(h0), steps // q.shape[2]
+
+
+def _per_step(q: Tensor, log_alpha: Tensor | None, n: int) -> tuple[Tensor, Tensor | None]:
+    """Per-token ``q`` and ``log_alpha`` spread over ``n`` delta steps per token: ``q`` on each token's last
+    step and ``log_alpha`` on its first, zeros elsewhere."""
+    if n == 1:
+        return q, log_alpha
+    q = F.pad(q.unsqueeze(3), (0, 0, n - 1, 0)).flatten(2, 3)
+    return q, None if log_alpha is None else F.pad(log_alpha.unsqueeze(-1), (0, n - 1)).flatten(2, 3)
 
 
 def delta_rule_reference(
@@ -69,17 +94,19 @@ def delta_rule_reference(
     """Reference loop for ``S_t = α_t (I - β_t k_t k_t^T) S_{t-1} + β_t k_t v_t^T``, ``o_t = S_t^T q_t``.
 
     Args:
-        q, k: ``(batch, heads, time, d_k)`` (k L2-normalised for the usual delta rule).
-        v: ``(batch, heads, time, d_v)``.
-        beta: ``(batch, heads, time)`` in ``[0, 2]``.
-        log_alpha: ``(batch, heads, time)``, ``<= 0``, or ``None`` (α = 1).
+        q: ``(batch, heads, T, d_k)``.
+        k: ``(batch, heads, T·n, d_k)``, ``n >= 1`` delta steps per token (L2-normalised for the usual delta rule).
+        v: ``(batch, heads, T·n, d_v)``.
+        beta: ``(batch, heads, T·n)`` in ``[0, 2]``.
+        log_alpha: ``(batch, heads, T)``, ``<= 0``, or ``None`` (α = 1).
         h0: initial state ``(batch, heads, d_k, d_v)``; zeros if ``None``.
 
     Returns:
-        ``(o, S)``: ``o`` ``(batch, heads, time, d_v)`` and the final state.
+        ``(o, S)``: ``o`` ``(batch, heads, T, d_v)`` and the final state.
     """
     out_dtype = q.dtype
-    q, k, v, beta, log_alpha, h0 = _check(q, k, v, beta, log_alpha, h0, "delta_rule_reference")
+    q, k, v, beta, log_alpha, h0, n = _check(q, k, v, beta, log_alpha, h0, "delta_rule_reference")
+    q, log_alpha = _per_step(q, log_alpha, n)
     batch, heads, length, d_k = q.shape
     S = q.new_zeros(batch, heads, d_k, v.shape[-1]) if h0 is None else h0
     alphas = [None] * length if log_alpha is None else torch.exp(log_alpha).unbind(2)
@@ -91,7 +118,7 @@ def delta_rule_reference(
         error = v_t - torch.einsum("bhkv,bhk->bhv", S, k_t)
         S = S + b_t[..., None, None] * k_t[..., :, None] * error[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q_t, S))
-    return torch.stack(outs, 2).to(output_dtype(out_dtype, S.dtype)), S
+    return torch.stack(outs[n - 1 :: n], 2).to(output_dtype(out_dtype, S.dtype)), S
 
 
 def _decays(log_alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -332,6 +359,29 @@ def default_chunk_size(length: int, d_k: int = 64, d_v: int = 64) -> int:
     return least_padding_chunk(length, min(64, max(16, width)), 8 if width <= 16 else 16)
 
 
+LOOP_STEP_COST = 250.0  # the fused loop's per-step op overhead, forward and backward, in µs on one CPU thread
+LOOP_STATE_COST = 0.01  # its cost per float of the (d_k, d_v, B·H) state per step, µs
+CHUNK_TOKEN_COST = 6.0  # the chunkwise form's cost per token and (batch, head) sequence at heads <= 32 wide, µs
+
+
+def loop_is_faster(batch_heads: int, d_k: int, d_v: int, device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`delta_rule` runs the fused loop rather than the chunkwise form: on CPU, where the
+    loop's estimated time per step, ``LOOP_STEP_COST + LOOP_STATE_COST · d_k d_v B·H``, is under the chunkwise
+    form's per token, ``CHUNK_TOKEN_COST · B·H``. Both grow with T alike, so T does not enter.
+
+    At thin heads the chunkwise form's time is the per-matrix overhead of batched matmuls on C×C and C×d
+    blocks, which grows with the number of (batch, head) sequences; the loop's steps are a fixed number of
+    element-wise passes over the state, cheap while it fits in cache. So the loop wins with many thin heads
+    (the capability benchmark's 64 sequences × 4 heads of 7–9) and loses with few sequences or heads 32
+    wide and more. The constants were fitted to forward+backward times on one CPU thread. On GPUs the
+    loop's per-step launches never pay.
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    loop = LOOP_STEP_COST + LOOP_STATE_COST * d_k * d_v * batch_heads
+    return loop < CHUNK_TOKEN_COST * batch_heads
+
+
 def delta_rule_flops(batch: int, heads: int, length: int, d_k: int, d_v: int, chunk: int | None = None) -> int:
     """Floating-point operations of the chunkwise forward, per chunk of C: the matmuls ``K K^T`` and
     ``Q K^T`` (``2 C² d_k`` each), the triangular inverse (``C³ / 3``), ``T R`` (``2 C² (d_k + d_v)``),
@@ -357,18 +407,25 @@ def delta_rule(
     *,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Chunkwise parallel form of :func:`delta_rule_reference` (same arguments and results).
+    """Parallel form of :func:`delta_rule_reference` (same arguments and results): chunkwise, or the fused loop
+    (:func:`~rnnzoo.ops.delta_rule_loop.delta_rule_loop`) where :func:`loop_is_faster` and no ``chunk_size`` is
+    given. ``chunk_size`` defaults to :func:`default_chunk_size` of the ``T·n`` steps and the head dims.
 
-    ``chunk_size`` defaults to :func:`default_chunk_size` of the length and head dims.
-    Half-precision inputs are computed in float32; outputs come back in the input
-    dtype, the final state in float32. Gradients by a hand-written backward
-    (:class:`_ChunkwiseDeltaRule`; double backward is not supported).
+    Half-precision inputs are computed in float32; outputs come back in the input dtype, the final state in
+    float32. Gradients by hand-written backwards (:class:`_ChunkwiseDeltaRule`, the loop's; double backward
+    is not supported).
     """
     where = "delta_rule"
     if chunk_size is not None:
         check_int(where, "chunk_size", chunk_size)
     out_dtype = q.dtype
-    q, k, v, beta, log_alpha, h0 = _check(q, k, v, beta, log_alpha, h0, where)
-    chunk = chunk_size or default_chunk_size(q.shape[2], q.shape[-1], v.shape[-1])
-    out, last = _chunkwise(q, k, v, beta, log_alpha, h0, chunk)
+    q, k, v, beta, log_alpha, h0, n = _check(q, k, v, beta, log_alpha, h0, where)
+    batch, heads, steps, d_k = k.shape
+    if chunk_size is None and loop_is_faster(batch * heads, d_k, v.shape[-1], q.device):
+        out, last = delta_rule_loop(q, k, v, beta, log_alpha, h0)
+    else:
+        chunk = chunk_size or default_chunk_size(steps, d_k, v.shape[-1])
+        q, log_alpha = _per_step(q, log_alpha, n)
+        out, last = _chunkwise(q, k, v, beta, log_alpha, h0, chunk)
+        out = out[:, :, n - 1 :: n]
     return out.to(output_dtype(out_dtype, out.dtype)), last
