@@ -147,7 +147,8 @@ def test_engine_refuses_a_base_not_linear_in_one_step_per_token():
     q = torch.randn(1, 2, 4, 3)
     lam = torch.ones(1, 2, 4, 3)
     engine = rnnzoo.model_info("log_linear_gated_deltanet").cls.engine
-    householder = DeltaRuleInputs(q, q, q, torch.rand(1, 2, 4), None, num_householder=2)
+    steps = torch.randn(1, 2, 8, 3)  # two delta steps per token
+    householder = DeltaRuleInputs(q, steps, steps, torch.rand(1, 2, 8))
     with pytest.raises(ValueError, match="`num_householder` must be 1"):
         engine.run(LogLinearInputs(householder, lam), None, "chunk")
     engine = rnnzoo.model_info("log_linear_mamba2").cls.engine

@@ -125,7 +125,7 @@ class _DeltaRuleLayer(EngineLayer):
         if self.decay:
             dt = F.softplus(self.a_proj(x).to(dtype) + self.dt_bias.to(dtype)).transpose(1, 2)  # (B, H, T)
             log_alpha = dt * -torch.exp(self.A_log.to(dtype))[:, None]
-        return DeltaRuleInputs(q, k, v, beta, log_alpha, n), tuple(c for _, c in outs)
+        return DeltaRuleInputs(q, k, v, beta, log_alpha), tuple(c for _, c in outs)
 
     def read_output(self, x: Tensor, o: Tensor, S: Tensor, convs: tuple) -> tuple[Tensor, DeltaNetState]:
         """``W_o`` of the normed (and gated) per-head outputs ``o`` ``(B, H, T, d_v)``."""

@@ -469,14 +469,18 @@ class DeltaRuleInputs:
     ``n = num_householder`` delta steps (sub-steps) per token (DeltaProduct; a token's sub-steps consecutive,
     the decay before its first, the read-out after its last): ``q`` ``(batch, heads, T, d_k)`` and
     ``log_alpha`` (or ``None``: α = 1) ``(batch, heads, T)`` per token; ``k`` ``(batch, heads, T·n, d_k)``,
-    ``v`` ``(batch, heads, T·n, d_v)`` and ``beta`` ``(batch, heads, T·n)`` per sub-step."""
+    ``v`` ``(batch, heads, T·n, d_v)`` and ``beta`` ``(batch, heads, T·n)`` per sub-step (``n`` from the shapes)."""
 
     q: Tensor
     k: Tensor
     v: Tensor
     beta: Tensor
     log_alpha: Tensor | None = None
-    num_householder: int = 1
+
+    @property
+    def num_householder(self) -> int:
+        """``n``, the delta steps per token, from the shapes."""
+        return self.k.shape[2] // self.q.shape[2]
 
 
 class DeltaRuleEngine(Engine):
@@ -500,9 +504,8 @@ class DeltaRuleEngine(Engine):
         with ``values[j]`` zero off sub-step ``j``; returns ``(B, H·n, T, d)``."""
         n = inputs.num_householder
         tile = lambda t: None if t is None else t.expand(n, *t.shape).flatten(0, 1)
-        tiled = DeltaRuleInputs(
-            tile(inputs.q), tile(inputs.k), values.flatten(0, 1), tile(inputs.beta), tile(inputs.log_alpha), n
-        )
+        q, k, beta, log_alpha = (tile(t) for t in (inputs.q, inputs.k, inputs.beta, inputs.log_alpha))
+        tiled = DeltaRuleInputs(q, k, values.flatten(0, 1), beta, log_alpha)
         o, _ = self.run(tiled, None, mode, chunk_size)
         return o.unflatten(0, (n, -1)).movedim(0, 2).flatten(1, 2)
 
